@@ -1,0 +1,430 @@
+"""SIREN depth field: F(u, v, t) -> inverse depth over the recent window, fitted online.
+
+The pipeline gives, per frame, sparse keypoints with an inverse depth (from the landmarks) and a
+confidence weight. :class:`DepthFieldEstimator` keeps the last ``field_window_frames`` frames of
+samples in preallocated ring buffers and runs a few warm-started Adam steps per frame (network
+and optimiser persist across frames), so the field follows the scene instead of being refitted.
+:meth:`DepthFieldEstimator.render` then evaluates the field on a dense reduced-resolution grid:
+the dense depth that the point cloud is built from.
+
+Coordinates
+- ``u_n = 2 u / (W - 1) - 1`` and ``v_n = 2 v / (H - 1) - 1`` for pixel centres u in [0, W-1] and
+  v in [0, H-1] of the (undistorted) image, so -1 / +1 are the centres of the first / last pixel.
+  ``render(t, h, w)`` uses the same mapping on its h x w grid ("corner-aligned": small pixel j
+  sits at full-resolution u = j (W - 1) / (w - 1)); :func:`sirenpose_ros.core.cloud.scale_intrinsics`
+  gives the matching intrinsics for back-projection.
+- Time: ``t_n = 1 - 2 (t_newest - t) / field_time_horizon_s``. See ``_time_to_tn`` for why.
+
+Output: the last linear layer predicts ``z = log(inverse depth)`` and the field returns ``exp(z)``.
+Why exp rather than softplus: inverse depth spans orders of magnitude (0.3 m .. 100 m is 3.3 ..
+0.01), and with exp a constant step in z is a constant *relative* change of depth at any range,
+residuals ``z - log(d)`` are relative errors (the loss means the same at 1 m and at 50 m, and is
+invariant to the unknown monocular scale), and the gradient never vanishes for far points, which
+sit in softplus's flat tail. The loss is computed on z directly, so training never evaluates exp.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+
+from sirenpose_ros.core.params import ParamSpec
+
+PARAMS: list[ParamSpec] = [
+    ParamSpec("field_enabled", True,
+              "Fit the SIREN depth field and produce dense depth / point clouds. Off: only sparse "
+              "keypoint depth is available (saves most of the per-frame compute)."),
+    ParamSpec("field_hidden", 64,
+              "Width of each SIREN layer. Wider fits finer depth detail but costs ~quadratically "
+              "more per step; 64 keeps a CPU update under ~10 ms.", min=8, max=512),
+    ParamSpec("field_layers", 3,
+              "Number of sine layers (the input layer included) before the linear output layer.",
+              min=1, max=8),
+    ParamSpec("field_omega0", 30.0,
+              "SIREN frequency scale omega_0 (Sitzmann et al. 2020 use 30). Higher lets the field "
+              "represent sharper depth edges but makes it noisier between keypoints.",
+              min=1.0, max=200.0),
+    ParamSpec("field_steps_per_frame", 10,
+              "Adam steps run on each new frame (warm-started). 0 stores samples but does not fit. "
+              "More steps: better depth, proportionally more time.", min=0, max=200),
+    ParamSpec("field_lr", 1e-3,
+              "Adam learning rate of the field.", min=1e-6, max=1e-1),
+    ParamSpec("field_window_frames", 8,
+              "How many recent frames of keypoint samples the field is fitted to.", min=1, max=64),
+    ParamSpec("field_time_horizon_s", 2.0,
+              "Time span (s) mapped onto the field's time axis: the newest frame is at t=+1 and a "
+              "frame this many seconds older at t=-1; older samples are ignored. Keep it longer "
+              "than the window (field_window_frames / frame rate).", min=0.05, max=600.0),
+    ParamSpec("field_max_samples_per_frame", 1024,
+              "Sample buffer size per frame (buffers are preallocated). Extra keypoints of a frame "
+              "are randomly subsampled.", min=16, max=65536),
+    ParamSpec("field_min_samples", 30,
+              "Valid samples needed in the window before the field counts as fitted and render() "
+              "returns depth instead of NaN.", min=1, max=100000),
+    ParamSpec("field_batch_size", 512,
+              "Samples per Adam step. When the window holds fewer, every step uses all of them; "
+              "otherwise a random minibatch (keeps the step cost bounded).", min=16, max=1000000),
+    ParamSpec("field_newest_fraction", 0.25,
+              "Share of each random minibatch drawn from the newest frame (the time that is "
+              "rendered); the rest is drawn uniformly over the window.", min=0.0, max=1.0),
+    ParamSpec("field_huber_delta", 0.05,
+              "Huber threshold on the log inverse-depth residual (~relative depth error): "
+              "keypoint depths off by more than this count linearly (robust to bad triangulations).",
+              min=1e-4, max=10.0),
+    ParamSpec("field_smoothness_weight", 0.1,
+              "Temporal smoothness: weight of (log F(u,v,t) - log F(u,v,t-dt))^2 at random points. "
+              "Higher gives steadier depth over time but lags behind fast motion.",
+              min=0.0, max=1000.0),
+    ParamSpec("field_spatial_weight", 0.01,
+              "Spatial regulariser: weight of the squared second difference of log F in u and v "
+              "at random points, so the field interpolates smoothly (planar-like) between "
+              "keypoints. Higher blurs depth edges.", min=0.0, max=1000.0),
+    ParamSpec("field_spatial_step", 0.03,
+              "Finite-difference step of the spatial regulariser, in normalised image units "
+              "(2 = full image width).", min=1e-4, max=1.0),
+    ParamSpec("field_reg_points", 64,
+              "Random points per step for the smoothness terms.", min=0, max=100000),
+    ParamSpec("field_seed", 0,
+              "Seed of the field's initialisation and minibatch sampling (reproducible runs).",
+              min=0, max=2**31 - 1),
+    ParamSpec("field_device", "auto",
+              "Where the field runs: 'cpu', 'cuda', or 'auto' (cuda when available).",
+              choices=("cpu", "cuda", "auto")),
+]
+
+
+def _cfg_get(cfg, name: str):
+    """Read a parameter from a Config/dict, falling back to the spec default."""
+    if cfg is not None and name in cfg:
+        return cfg[name]
+    for spec in PARAMS:
+        if spec.name == name:
+            return spec.default
+    raise KeyError(name)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("field_device='cuda' but torch reports no CUDA device; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+class SineLayer(torch.nn.Module):
+    """y = sin(omega_0 (W x + b)) with the SIREN initialisation (Sitzmann et al. 2020)."""
+
+    def __init__(self, n_in: int, n_out: int, omega0: float, first: bool, gen: torch.Generator):
+        super().__init__()
+        self.omega0 = float(omega0)
+        self.linear = torch.nn.Linear(n_in, n_out)
+        # First layer U(-1/in, 1/in): with omega_0 = 30 its frequencies span the input domain a
+        # few times. Hidden U(-sqrt(6/in)/omega_0, +): keeps pre-activations ~ arcsine distributed
+        # layer after layer. Biases keep torch's U(-1/sqrt(in), 1/sqrt(in)) as in the paper.
+        bound = 1.0 / n_in if first else math.sqrt(6.0 / n_in) / self.omega0
+        with torch.no_grad():
+            self.linear.weight.uniform_(-bound, bound, generator=gen)
+            b = 1.0 / math.sqrt(n_in)
+            self.linear.bias.uniform_(-b, b, generator=gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # omega_0 (W x + b) in one addmm (beta, alpha scale both terms): one kernel fewer
+        # forward and backward than linear() followed by a multiply.
+        lead = x.shape[:-1]
+        y = torch.addmm(self.linear.bias, x.reshape(-1, x.shape[-1]), self.linear.weight.t(),
+                        beta=self.omega0, alpha=self.omega0)
+        return torch.sin(y).reshape(*lead, -1)
+
+
+class SirenField(torch.nn.Module):
+    """SIREN over (u_n, v_n, t_n) in [-1, 1]^3 -> inverse depth > 0 (as exp of the last layer)."""
+
+    def __init__(self, hidden: int = 64, layers: int = 3, omega0: float = 30.0, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(int(seed))
+        sines = [SineLayer(3, hidden, omega0, True, gen)]
+        sines += [SineLayer(hidden, hidden, omega0, False, gen) for _ in range(layers - 1)]
+        self.sines = torch.nn.Sequential(*sines)
+        self.out = torch.nn.Linear(hidden, 1)
+        bound = math.sqrt(6.0 / hidden) / omega0   # small output: the field starts ~constant
+        with torch.no_grad():
+            self.out.weight.uniform_(-bound, bound, generator=gen)
+            self.out.bias.zero_()
+
+    def log_inv_depth(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., 3) -> (...) log inverse depth (what the loss works on)."""
+        return self.out(self.sines(x)).squeeze(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The clamp only guards exp against overflow (|z| = 30 is a 1e13 depth ratio).
+        return torch.exp(self.log_inv_depth(x).clamp(-30.0, 30.0))
+
+
+class DepthFieldEstimator:
+    """Online fit of a :class:`SirenField` to keypoint inverse depths of the recent frames."""
+
+    def __init__(self, cfg=None):
+        g = lambda n: _cfg_get(cfg, n)  # noqa: E731
+        self.hidden = int(g("field_hidden"))
+        self.layers = int(g("field_layers"))
+        self.omega0 = float(g("field_omega0"))
+        self.steps_per_frame = int(g("field_steps_per_frame"))
+        self.lr = float(g("field_lr"))
+        self.window = int(g("field_window_frames"))
+        self.horizon_s = float(g("field_time_horizon_s"))
+        self.max_per_frame = int(g("field_max_samples_per_frame"))
+        self.min_samples = int(g("field_min_samples"))
+        self.batch = int(g("field_batch_size"))
+        self.newest_fraction = float(g("field_newest_fraction"))
+        self.huber_delta = float(g("field_huber_delta"))
+        self.w_time = float(g("field_smoothness_weight"))
+        self.w_space = float(g("field_spatial_weight"))
+        self.space_step = float(g("field_spatial_step"))
+        self.reg_points = int(g("field_reg_points"))
+        self.seed = int(g("field_seed"))
+        self.device = resolve_device(str(g("field_device")))
+
+        F, N = self.window, self.max_per_frame
+        # Ring buffers, allocated once: per slot (= frame) up to N samples.
+        self._uv = torch.zeros((F, N, 2), dtype=torch.float32, device=self.device)
+        self._z = torch.zeros((F, N), dtype=torch.float32, device=self.device)   # log inv depth
+        self._w = torch.zeros((F, N), dtype=torch.float32, device=self.device)
+        self._rng = np.random.default_rng(self.seed)            # host-side subsampling only
+        self._grid_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget all samples and re-initialise network and optimiser (same seed)."""
+        self.net = SirenField(self.hidden, self.layers, self.omega0, self.seed).to(self.device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, fused=True)
+        self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        self._w.zero_()
+        self._count = [0] * self.window           # valid rows per slot (known on the host)
+        self._times: list[float | None] = [None] * self.window
+        self._next_slot = 0
+        self._newest_slot = -1
+        self._t_newest: float | None = None
+        self._bias_set = False
+        self._steps_done = 0
+
+    @property
+    def fitted(self) -> bool:
+        """True once the window holds ``field_min_samples`` valid samples and steps have run."""
+        return self._steps_done > 0 and self._window_valid_samples() >= self.min_samples
+
+    @property
+    def newest_time(self) -> float | None:
+        return self._t_newest
+
+    def _active_slots(self) -> list[int]:
+        """Slots holding samples within the time horizon of the newest frame."""
+        if self._t_newest is None:
+            return []
+        return [s for s in range(self.window)
+                if self._times[s] is not None and self._count[s] > 0
+                and self._t_newest - self._times[s] <= self.horizon_s]
+
+    def _window_valid_samples(self) -> int:
+        return sum(self._count[s] for s in self._active_slots())
+
+    def _time_to_tn(self, time_s: float) -> float:
+        # The window slides, so an absolute time axis would drift out of [-1, 1] and need
+        # re-anchoring (a jump that would invalidate the warm start). Instead time is measured
+        # back from the newest frame with a *fixed* scale: t_n = +1 is always "now", which is
+        # what render() asks for, and between consecutive frames the present scene changes
+        # little, so the warm-started field is already close at t_n = 1. Older samples shift by
+        # a constant 2 dt / horizon per frame; the field follows that shift smoothly because the
+        # scale never changes (a scale tied to the window span would rescale the whole time axis
+        # whenever frames drop or the rate changes).
+        return 1.0 - 2.0 * (self._t_newest - time_s) / self.horizon_s
+
+    # ------------------------------------------------------------------ update
+    def update(self, time_s: float, uv_norm: np.ndarray, inv_depth: np.ndarray,
+               weight: np.ndarray, steps: int | None = None) -> dict:
+        """Store this frame's samples and run ``steps`` (default ``field_steps_per_frame``) Adam steps.
+
+        ``uv_norm`` (N,2) in [-1, 1] (see module doc), ``inv_depth`` (N,) > 0, ``weight`` (N,) >= 0.
+        Samples with non-finite values, inv_depth <= 0 or weight <= 0 are ignored. A time earlier
+        than the newest stored frame (bag loop, clock reset) resets the field first.
+        Returns ``dict(loss, data_loss, steps, ms)``.
+        """
+        t0 = time.perf_counter()
+        time_s = float(time_s)
+        if self._t_newest is not None and time_s < self._t_newest:
+            self.reset()
+        self._store(time_s, uv_norm, inv_depth, weight)
+        out = self.step(self.steps_per_frame if steps is None else int(steps))
+        out["ms"] = (time.perf_counter() - t0) * 1e3
+        return out
+
+    def _store(self, time_s: float, uv_norm, inv_depth, weight) -> None:
+        uv = np.asarray(uv_norm, np.float32).reshape(-1, 2)
+        inv = np.asarray(inv_depth, np.float32).reshape(-1)
+        w = np.asarray(weight, np.float32).reshape(-1)
+        if not (uv.shape[0] == inv.shape[0] == w.shape[0]):
+            raise ValueError(f"update(): uv_norm {uv.shape}, inv_depth {inv.shape}, weight "
+                             f"{w.shape} must have the same length")
+        ok = np.isfinite(uv).all(1) & np.isfinite(inv) & (inv > 0) & np.isfinite(w) & (w > 0)
+        uv, inv, w = uv[ok], inv[ok], w[ok]
+        if uv.shape[0] > self.max_per_frame:
+            keep = self._rng.choice(uv.shape[0], self.max_per_frame, replace=False)
+            uv, inv, w = uv[keep], inv[keep], w[keep]
+        n = uv.shape[0]
+        s = self._next_slot
+        self._next_slot = (s + 1) % self.window
+        self._newest_slot = s
+        self._t_newest = time_s
+        self._times[s] = time_s
+        self._count[s] = n
+        z = np.log(inv)
+        if n:
+            self._uv[s, :n].copy_(torch.from_numpy(np.clip(uv, -1.0, 1.0)))
+            self._z[s, :n].copy_(torch.from_numpy(z))
+            self._w[s, :n].copy_(torch.from_numpy(w))
+        self._w[s, n:].zero_()   # stale rows of the slot's previous frame must not count
+        if n and not self._bias_set:
+            # Start the field at the weighted median depth of the first samples: the fit then only
+            # has to learn the shape, not a scale that may be many log-units away.
+            order = np.argsort(z)
+            cw = np.cumsum(w[order])
+            med = float(z[order][np.searchsorted(cw, 0.5 * cw[-1])])
+            with torch.no_grad():
+                self.net.out.bias.fill_(med)
+            self._bias_set = True
+
+    # ------------------------------------------------------------------ fitting
+    def step(self, n_steps: int) -> dict:
+        """Run ``n_steps`` Adam steps on the stored window (no new samples)."""
+        slots = self._active_slots()
+        total = sum(self._count[s] for s in slots)
+        if n_steps <= 0 or total == 0:
+            return {"loss": float("nan"), "data_loss": float("nan"), "steps": 0, "ms": 0.0}
+        t0 = time.perf_counter()
+        dev = self.device
+        tn_of_slot = torch.zeros(self.window, dtype=torch.float32)
+        for s in slots:
+            tn_of_slot[s] = self._time_to_tn(self._times[s])
+        tn_of_slot = tn_of_slot.to(dev)
+        t_lo = min(self._time_to_tn(self._times[s]) for s in slots)
+
+        slot_idx, row_idx = self._draw_batch(slots, total, n_steps)       # (S, B) each
+        uv = self._uv[slot_idx, row_idx]                                    # (S, B, 2)
+        x_data = torch.cat([uv, tn_of_slot[slot_idx].unsqueeze(-1)], -1)    # (S, B, 3)
+        z_data = self._z[slot_idx, row_idx]
+        w_data = self._w[slot_idx, row_idx]
+        w_sum = w_data.sum(-1).clamp_min(1e-12)
+        x_all = torch.cat([x_data, self._reg_points(n_steps, t_lo)], 1)     # (S, B + 6M, 3)
+        B, M = x_data.shape[1], self.reg_points
+
+        self.net.train()
+        last = []
+        for k in range(n_steps):               # no host syncs in here (no .item(), no bool())
+            z = self.net.log_inv_depth(x_all[k])
+            data = (w_data[k] * nnf.huber_loss(z[:B], z_data[k], reduction="none",
+                                               delta=self.huber_delta)).sum() / w_sum[k]
+            loss = data
+            if M:
+                zc, zup, zum, zvp, zvm, zt = z[B:].view(6, M)
+                if self.w_time > 0:
+                    loss = loss + self.w_time * (zc - zt).square().mean()
+                if self.w_space > 0:
+                    lap = (zup + zum - 2 * zc).square() + (zvp + zvm - 2 * zc).square()
+                    loss = loss + self.w_space * lap.mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            if k == n_steps - 1:
+                last = [loss.detach(), data.detach()]
+        self._steps_done += n_steps
+        loss_v, data_v = torch.stack(last).tolist()   # the one sync per call
+        return {"loss": loss_v, "data_loss": data_v, "steps": n_steps,
+                "ms": (time.perf_counter() - t0) * 1e3}
+
+    def _draw_batch(self, slots: list[int], total: int, n_steps: int):
+        """(slot, row) indices of each step's samples, drawn for all steps at once."""
+        dev = self.device
+        if total <= self.batch:
+            # Small window: every step sees every sample (deterministic, full-batch Adam).
+            s_idx = np.concatenate([np.full(self._count[s], s) for s in slots])
+            r_idx = np.concatenate([np.arange(self._count[s]) for s in slots])
+            s_idx = torch.from_numpy(s_idx).to(dev).expand(n_steps, -1)
+            r_idx = torch.from_numpy(r_idx).to(dev).expand(n_steps, -1)
+            return s_idx, r_idx
+        # Random minibatch: a share from the newest frame (the rendered time), the rest uniform
+        # over all stored samples via the cumulative counts (no Python loop over samples).
+        counts = torch.tensor([self._count[s] for s in slots], device=dev)
+        slot_ids = torch.tensor(slots, device=dev)
+        ends = counts.cumsum(0)
+        n_new = int(round(self.batch * self.newest_fraction)) if self._count[self._newest_slot] else 0
+        j = torch.randint(total, (n_steps, self.batch - n_new), device=dev, generator=self._gen)
+        pos = torch.searchsorted(ends, j, right=True)
+        r_all = j - (ends - counts)[pos]
+        s_all = slot_ids[pos]
+        if n_new == 0:
+            return s_all, r_all
+        r_new = torch.randint(self._count[self._newest_slot], (n_steps, n_new), device=dev,
+                              generator=self._gen)
+        s_new = torch.full_like(r_new, self._newest_slot)
+        return torch.cat([s_new, s_all], 1), torch.cat([r_new, r_all], 1)
+
+    def _reg_points(self, n_steps: int, t_lo: float) -> torch.Tensor:
+        """(S, 6M, 3): centre, +-du, +-dv and one frame back in time, for the smoothness terms."""
+        M = self.reg_points
+        if M == 0:
+            return torch.zeros((n_steps, 0, 3), device=self.device)
+        p = torch.rand((n_steps, M, 3), device=self.device, generator=self._gen)
+        lo = torch.tensor([-1.0, -1.0, t_lo], device=self.device)
+        p = lo + p * (1.0 - lo)           # u, v in [-1, 1]; t over the span holding samples
+        d = self.space_step
+        off = torch.tensor([[0, 0, 0], [d, 0, 0], [-d, 0, 0], [0, d, 0], [0, -d, 0],
+                            [0, 0, -self._dt_n()]], dtype=torch.float32, device=self.device)
+        return (p.unsqueeze(1) + off[None, :, None, :]).reshape(n_steps, 6 * M, 3)
+
+    def _dt_n(self) -> float:
+        """Typical frame interval in t_n units (median over the window; 1/30 s if unknown)."""
+        ts = sorted(t for t in self._times if t is not None)
+        dts = np.diff(ts)
+        dt = float(np.median(dts)) if dts.size else 1.0 / 30.0
+        return 2.0 * max(dt, 1e-4) / self.horizon_s
+
+    # ------------------------------------------------------------------ rendering
+    def _grid(self, h: int, w: int) -> torch.Tensor:
+        key = (h, w)
+        g = self._grid_cache.get(key)
+        if g is None:
+            u = torch.linspace(-1.0, 1.0, w) if w > 1 else torch.zeros(1)
+            v = torch.linspace(-1.0, 1.0, h) if h > 1 else torch.zeros(1)
+            vv, uu = torch.meshgrid(v, u, indexing="ij")
+            g = torch.stack([uu, vv, torch.zeros_like(uu)], -1).reshape(-1, 3).to(self.device)
+            self._grid_cache[key] = g
+        return g
+
+    @torch.no_grad()
+    def render(self, time_s: float, h: int, w: int) -> np.ndarray:
+        """(h, w) float32 inverse depth at ``time_s`` on the corner-aligned pixel-centre grid.
+
+        All NaN while not :attr:`fitted`. Times after the newest frame are clamped to it (the
+        field is not trained to extrapolate).
+        """
+        if not self.fitted:
+            return np.full((h, w), np.nan, np.float32)
+        g = self._grid(int(h), int(w))
+        x = g.clone()
+        x[:, 2] = min(self._time_to_tn(float(time_s)), 1.0)
+        self.net.eval()
+        inv = self.net(x)
+        return inv.reshape(h, w).cpu().numpy().astype(np.float32, copy=False)
+
+    @torch.no_grad()
+    def query(self, time_s: float, uv_norm: np.ndarray) -> np.ndarray:
+        """Inverse depth at arbitrary normalised points (N,2) (e.g. keypoint depth consistency)."""
+        uv = torch.from_numpy(np.asarray(uv_norm, np.float32).reshape(-1, 2)).to(self.device)
+        if not self.fitted:
+            return np.full(uv.shape[0], np.nan, np.float32)
+        t = torch.full((uv.shape[0], 1), min(self._time_to_tn(float(time_s)), 1.0),
+                       device=self.device)
+        return self.net(torch.cat([uv, t], 1)).cpu().numpy()

@@ -1,0 +1,132 @@
+"""Conversions between ROS messages and the core's NumPy types. No node state here."""
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped, Quaternion, TransformStamped, Vector3
+from nav_msgs.msg import Odometry
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from sirenpose_ros.core.camera import CameraModel
+from sirenpose_ros.core.image import decode_compressed, decode_image
+from sirenpose_ros.core.types import Cloud
+from sirenpose_ros.io.tum import matrix_to_quat
+
+# PointCloud2 layout: RViz colours a UINT32 field named "rgb" as 0x00RRGGBB.
+CLOUD_DTYPE = np.dtype([
+    ("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4"), ("dynamic", "<f4"),
+    ("vx", "<f4"), ("vy", "<f4"), ("vz", "<f4"),
+])
+_POINTFIELD_TYPE = {"<f4": PointField.FLOAT32, "<u4": PointField.UINT32}
+CLOUD_FIELDS = [
+    PointField(name=name, offset=CLOUD_DTYPE.fields[name][1],
+               datatype=_POINTFIELD_TYPE[CLOUD_DTYPE.fields[name][0].str], count=1)
+    for name in CLOUD_DTYPE.names
+]
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def decode_image_msg(msg: Image | CompressedImage) -> tuple[np.ndarray, np.ndarray | None]:
+    """(gray, rgb|None); raises ImageDecodeError with a message fit for the log."""
+    if isinstance(msg, CompressedImage):
+        return decode_compressed(msg.format, msg.data)
+    return decode_image(msg.encoding, msg.width, msg.height, msg.step, msg.data,
+                        bool(msg.is_bigendian))
+
+
+def camera_model_from_info(msg: CameraInfo) -> CameraModel:
+    """Raises CameraModelError (a ValueError) for zero/NaN intrinsics or unknown models."""
+    return CameraModel.from_camera_info(int(msg.width), int(msg.height), list(msg.k),
+                                        list(msg.d), msg.distortion_model)
+
+
+def _quat(R: np.ndarray) -> Quaternion:
+    q = matrix_to_quat(R)
+    return Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
+
+
+def transform_msg(T: np.ndarray, stamp: Time, parent: str, child: str) -> TransformStamped:
+    msg = TransformStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = parent
+    msg.child_frame_id = child
+    t = T[:3, 3]
+    msg.transform.translation = Vector3(x=float(t[0]), y=float(t[1]), z=float(t[2]))
+    msg.transform.rotation = _quat(T[:3, :3])
+    return msg
+
+
+def pose_stamped_msg(T: np.ndarray, stamp: Time, frame: str) -> PoseStamped:
+    msg = PoseStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in T[:3, 3])
+    msg.pose.orientation = _quat(T[:3, :3])
+    return msg
+
+
+def odometry_msg(T_odom_base: np.ndarray, stamp: Time, odom_frame: str, base_frame: str,
+                 pose_cov: np.ndarray | None, twist_base: np.ndarray | None,
+                 twist_cov: np.ndarray | None) -> Odometry:
+    """Pose in ``odom_frame``, twist in ``base_frame`` (REP-105 / nav_msgs convention)."""
+    msg = Odometry()
+    msg.header.stamp = stamp
+    msg.header.frame_id = odom_frame
+    msg.child_frame_id = base_frame
+    msg.pose.pose = pose_stamped_msg(T_odom_base, stamp, odom_frame).pose
+    if pose_cov is not None:
+        msg.pose.covariance = np.asarray(pose_cov, dtype=np.float64).reshape(36).tolist()
+    if twist_base is not None:
+        v = np.asarray(twist_base, dtype=np.float64)
+        msg.twist.twist.linear = Vector3(x=float(v[0]), y=float(v[1]), z=float(v[2]))
+        msg.twist.twist.angular = Vector3(x=float(v[3]), y=float(v[4]), z=float(v[5]))
+    if twist_cov is not None:
+        msg.twist.covariance = np.asarray(twist_cov, dtype=np.float64).reshape(36).tolist()
+    return msg
+
+
+def cloud_to_array(cloud: Cloud, T: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Cloud -> structured array in CLOUD_DTYPE, optionally transformed by 4x4 ``T``."""
+    n = len(cloud)
+    arr = out[:n] if out is not None and out.shape[0] >= n else np.empty(n, CLOUD_DTYPE)
+    xyz, vel = cloud.xyz, cloud.velocity
+    if T is not None:
+        R, t = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
+        xyz = xyz @ R.T + t
+        vel = vel @ R.T
+    arr["x"], arr["y"], arr["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    arr["rgb"] = cloud.rgb
+    arr["dynamic"] = cloud.dynamic
+    arr["vx"], arr["vy"], arr["vz"] = vel[:, 0], vel[:, 1], vel[:, 2]
+    return arr
+
+
+def cloud2_msg(arr: np.ndarray, stamp: Time, frame: str) -> PointCloud2:
+    """Structured array in CLOUD_DTYPE -> unorganised PointCloud2 (one copy: tobytes)."""
+    msg = PointCloud2()
+    msg.header = Header(stamp=stamp, frame_id=frame)
+    msg.height = 1
+    msg.width = int(arr.shape[0])
+    msg.fields = CLOUD_FIELDS
+    msg.is_bigendian = False
+    msg.point_step = CLOUD_DTYPE.itemsize
+    msg.row_step = msg.point_step * msg.width
+    msg.is_dense = True
+    msg.data = arr.tobytes()
+    return msg
+
+
+def cloud2_to_array(msg: PointCloud2) -> np.ndarray:
+    """PointCloud2 written by :func:`cloud2_msg` -> structured array (no copy)."""
+    names = [f.name for f in msg.fields]
+    if names != list(CLOUD_DTYPE.names) or msg.point_step != CLOUD_DTYPE.itemsize:
+        raise ValueError(f"unexpected PointCloud2 layout: fields {names}, point_step {msg.point_step}")
+    return np.frombuffer(msg.data, dtype=CLOUD_DTYPE, count=msg.width * msg.height)
