@@ -17,7 +17,7 @@ from sirenpose_ros.core.params import ParamSpec
 PARAMS = [
     ParamSpec("frontend_max_keypoints", 350, "Number of keypoints the frontend keeps alive per frame.", 20, 5000),
     ParamSpec("frontend_min_distance_px", 10.0, "Minimum distance between keypoints (working-resolution pixels).", 1.0, 200.0),
-    ParamSpec("frontend_quality_level", 0.005, "Corner quality threshold relative to the best corner (goodFeaturesToTrack).", 1e-5, 0.5),
+    ParamSpec("frontend_quality_level", 0.001, "Corner quality threshold relative to the best corner (goodFeaturesToTrack).", 1e-5, 0.5),
     ParamSpec("frontend_block_size", 5, "Corner detector window (pixels, odd).", 3, 15),
     ParamSpec("frontend_klt_window_px", 21, "KLT window side (pixels, odd).", 5, 61),
     ParamSpec("frontend_klt_levels", 3, "KLT pyramid levels above the base image.", 0, 6),

@@ -88,8 +88,10 @@ def delaunay_edges(px: np.ndarray, max_len: float) -> np.ndarray:
         tri = Delaunay(np.asarray(px, np.float64)).simplices
     except (QhullError, ValueError):          # all points collinear or coincident
         return np.zeros((0, 2), np.int64)
-    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [0, 2]]])
-    e = np.unique(np.sort(e, axis=1), axis=0)
+    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [0, 2]]]).astype(np.int64)
+    e.sort(axis=1)
+    key = np.unique(e[:, 0] * n + e[:, 1])       # 1-D unique: much faster than unique(axis=0)
+    e = np.stack([key // n, key % n], axis=1)
     keep = np.linalg.norm(px[e[:, 0]] - px[e[:, 1]], axis=1) <= max_len
     return e[keep].astype(np.int64)
 

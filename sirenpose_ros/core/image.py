@@ -175,6 +175,7 @@ def decode_image(encoding: str, width: int, height: int, step: int, data,
     spec = _spec_for(encoding)
     width, height, step = _as_int("width", width), _as_int("height", height), _as_int("step", step)
     _check_size(width, height, max_pixels)
+    significant_bits = _as_int("significant_bits", significant_bits)
     if not 8 <= significant_bits <= 16:
         raise ImageDecodeError(f"significant_bits={significant_bits} is invalid; expected 8..16")
     row_bytes = width * spec.bytes_per_pixel

@@ -52,11 +52,13 @@ class BagFrame:
     frame_id: str
 
 
-def read_camera_frames(path: str | Path, image_topic: str, info_topic: str) -> Iterator[BagFrame]:
+def read_camera_frames(path: str | Path, image_topic: str, info_topic: str,
+                       significant_bits: int = 16) -> Iterator[BagFrame]:
     """Decoded frames paired with the newest CameraInfo seen before them (as the live node does).
 
     Frames before the first CameraInfo are skipped; decoding errors propagate (offline tools
-    should fail loudly on a broken bag).
+    should fail loudly on a broken bag). ``significant_bits``: as the node's
+    ``image_16bit_significant_bits`` (16-bit raw images only).
     """
     camera = None
     for m in read_messages(path, [image_topic, info_topic]):
@@ -71,6 +73,7 @@ def read_camera_frames(path: str | Path, image_topic: str, info_topic: str) -> I
             gray, rgb = decode_compressed(msg.format, msg.data)
         else:
             gray, rgb = decode_image(msg.encoding, int(msg.width), int(msg.height), int(msg.step),
-                                     msg.data, bool(msg.is_bigendian))
+                                     msg.data, bool(msg.is_bigendian),
+                                     significant_bits=significant_bits)
         stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
         yield BagFrame(stamp, gray, rgb, camera, msg.header.frame_id)

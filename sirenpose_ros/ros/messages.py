@@ -34,12 +34,13 @@ def ns_to_stamp(ns: int) -> Time:
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
-def decode_image_msg(msg: Image | CompressedImage) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_image_msg(msg: Image | CompressedImage, significant_bits: int = 16
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
     """(gray, rgb|None); raises ImageDecodeError with a message fit for the log."""
     if isinstance(msg, CompressedImage):
         return decode_compressed(msg.format, msg.data)
     return decode_image(msg.encoding, msg.width, msg.height, msg.step, msg.data,
-                        bool(msg.is_bigendian))
+                        bool(msg.is_bigendian), significant_bits=significant_bits)
 
 
 def camera_model_from_info(msg: CameraInfo) -> CameraModel:

@@ -250,7 +250,7 @@ class SirenPoseNode(Node):
             return
         t0 = time.perf_counter()
         try:
-            gray, rgb = M.decode_image_msg(msg)
+            gray, rgb = M.decode_image_msg(msg, self.core_cfg.image_16bit_significant_bits)
         except ValueError as exc:
             self.counters.inc("bad_image")
             self._warn("bad_image", f"image rejected: {exc}")

@@ -88,6 +88,8 @@ class Renderer:
         self.spec = spec
         self.width, self.height = int(width), int(height)
         self.K = default_intrinsics(width, height) if K is None else np.asarray(K, np.float64)
+        if self.K[0, 1] != 0.0:
+            raise ValueError("the renderer models pinhole intrinsics without skew (K[0, 1] = 0)")
         self.atlas = build_atlas(spec)
         u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
         fx, fy, cx, cy = self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]
@@ -105,10 +107,10 @@ class Renderer:
     def _pixel_rect(self, T_world_cam: np.ndarray, T_world_box: np.ndarray, half: np.ndarray):
         """Pixel indices whose rays may hit the box (None = all pixels).
 
-        The box is clipped to the half-space z >= NEAR in front of the camera (corners in front
-        plus the points where box edges cross the plane z = NEAR), and the bounding rectangle of
-        the projection of that convex polytope is returned: exact for every hit deeper than
-        NEAR (1 micrometre), including boxes beside or partly behind the camera.
+        The box is clipped to the half-space z >= near (1 micrometre) in front of the camera
+        (corners in front plus the points where box edges cross the plane z = near), and the
+        bounding rectangle of the projection of that convex polytope is returned: no hit deeper
+        than 1 micrometre is missed, including on boxes beside or partly behind the camera.
         """
         near = 1e-6
         corners = (_CORNER_SIGNS * half) @ T_world_box[:3, :3].T + T_world_box[:3, 3]
@@ -136,16 +138,19 @@ class Renderer:
             return None
         return self.pixel_index[v0:v1, u0:u1].ravel()
 
-    def cast(self, T_world_cam: np.ndarray, t: float):
-        """Nearest hit of every pixel ray at scene time t.
+    def cast(self, T_world_cam: np.ndarray, t: float, dirs_cam: np.ndarray | None = None):
+        """Nearest hit of every pixel-centre ray (or of the given rays) at scene time t.
 
+        dirs_cam: optional (3, N) camera-frame ray directions scaled to z = 1 (e.g. through
+        sub-pixel positions); default: the centres of all pixels, row-major.
         Returns (depth (N,), tile (N,), s (N,), tc (N,), cos (N,), obj (N,)): depth along the
         optical axis, texture tile, face coordinates in metres, cosine between ray and face
         normal, object id (0 = static). Arrays are kept per component (x, y, z separately):
         reductions over a length-3 axis are several times slower in NumPy.
         """
         R, o = T_world_cam[:3, :3], T_world_cam[:3, 3]
-        dc = self.dirs_cam_T                                             # (3, N)
+        grid = dirs_cam is None       # bounding-rectangle culling only applies to the pixel grid
+        dc = self.dirs_cam_T if grid else np.asarray(dirs_cam, np.float64)   # (3, N)
         D = R @ dc                                                       # world directions (3, N)
         D[D == 0.0] = 1e-300      # exact zeros: make 1/D a huge finite number of the right sign
         inv_norm = 1.0 / np.sqrt(D[0] * D[0] + D[1] * D[1] + D[2] * D[2])
@@ -164,7 +169,7 @@ class Renderer:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for bi, (half, motion, oid) in enumerate(self.boxes, start=1):
                 Tb = motion.pose(t)
-                idx = self._pixel_rect(T_world_cam, Tb, half)
+                idx = self._pixel_rect(T_world_cam, Tb, half) if grid else None
                 if idx is not None and idx.size == 0:
                     continue
                 Rb = Tb[:3, :3]

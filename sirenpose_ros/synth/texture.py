@@ -92,12 +92,13 @@ def make_texture(rng: np.random.Generator, size_m: tuple[float, float], family: 
     if style != "rich":
         raise ValueError(f"unknown texture style {style!r}")
 
-    # Multi-scale luminance noise (metres -> texels), weights falling with scale.
+    # Multi-scale luminance noise (metres -> texels), weights falling with scale; a faint
+    # colour tint so neighbouring regions are not all the same hue.
     lum = np.ones((h, w), np.float32)
-    for scale_m, weight in ((1.2, 0.16), (0.3, 0.12), (0.08, 0.10), (0.02, 0.06)):
+    for scale_m, weight in ((1.2, 0.10), (0.3, 0.08), (0.08, 0.07), (0.02, 0.05)):
         lum += weight * _value_noise(rng, h, w, scale_m * density)
-    tint = np.stack([_value_noise(rng, h, w, 0.5 * density) for _ in range(3)], -1)
-    img = (lum[..., None] * base * (1.0 + 0.08 * tint)).astype(np.float32)
+    tint = np.stack([_value_noise(rng, h, w, 0.6 * density) for _ in range(3)], -1)
+    img = (lum[..., None] * base * (1.0 + 0.04 * tint)).astype(np.float32)
 
     if family == "object":
         # Saturated colours, black/white marks and dense small shapes: clearly not a wall.
@@ -110,8 +111,8 @@ def make_texture(rng: np.random.Generator, size_m: tuple[float, float], family: 
             return tuple(float(x) for x in r.uniform(0.05, 1.0, 3))
         _draw_shapes(rng, img, density, area, 90.0, (0.015, 0.12), colors)
     else:
-        def colors(r):
-            return _jitter_color(r, base * r.uniform(0.45, 1.35), 0.25)
+        def colors(r):     # mostly lighter/darker shades of the surface colour
+            return _jitter_color(r, base * r.uniform(0.45, 1.25), 0.12)
         _draw_shapes(rng, img, density, area, 14.0, (0.03, 0.5), colors)
         # A second, darker sparse set of strokes/blobs so every square metre has corners.
         _draw_shapes(rng, img, density, area, 6.0, (0.02, 0.12),

@@ -1,0 +1,224 @@
+"""The per-frame pipeline: Frame -> FrameResult (ROS-free).
+
+Stages (each timed into ``FrameResult.timings_ms``):
+1. ``frontend``: keypoints tracked with stable ids (KLT now; a learned frontend later).
+2. ``graph``: keypoint graph and per-keypoint dynamic probability (prior before the pose,
+   update after it).
+3. ``window``: pose (PnP + Gauss-Newton), keyframes, triangulation, windowed bundle adjustment.
+4. ``field``: SIREN inverse-depth field fed with landmark depths, rendered at reduced resolution.
+5. ``cloud``: the rendered depth back-projected with colour, dynamic probability and velocity;
+   static points fused into a voxel map on keyframes.
+
+Images wider than ``pipeline_max_image_width`` are downscaled once (INTER_AREA) for all stages;
+keypoints are reported in input-image pixels. A change of camera geometry (intrinsics,
+distortion or resolution) or a stamp earlier than the previous one resets the pipeline and says
+so in ``FrameResult.message``.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+
+import cv2
+import numpy as np
+
+from sirenpose_ros.core import cloud as cloud_mod
+from sirenpose_ros.core import field as field_mod
+from sirenpose_ros.core.config import Config, make_config
+from sirenpose_ros.core.frontend import KLTFrontend
+from sirenpose_ros.core.graph import KeypointGraph
+from sirenpose_ros.core.params import ParamSpec
+from sirenpose_ros.core.types import Cloud, Frame, FrameResult, TrackingState
+from sirenpose_ros.core.window import SlidingWindowEstimator
+
+PARAMS = [
+    ParamSpec("pipeline_max_image_width", 640, "Images wider than this are downscaled for processing (pixels); keypoints are still reported in input pixels.", 64, 8192),
+    ParamSpec("pipeline_blas_threads", 1, "OpenBLAS threads for the estimator's small matrices (1 avoids thread contention that made 40x100 products 100x slower on a busy 2-core CPU); 0 leaves the library default.", 0, 256),
+    ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
+    ParamSpec("pipeline_static_threshold", 0.5, "Cloud points below this dynamic probability are static and fused into the map on keyframes.", 0.0, 1.0),
+]
+
+
+def limit_blas_threads(n: int) -> bool:
+    """Set the thread count of the OpenBLAS libraries already loaded in this process.
+
+    Same approach as threadpoolctl (not installed here): find the loaded OpenBLAS builds
+    (NumPy's and SciPy's) and call their ``*_set_num_threads``. Returns True if any was set.
+    """
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {ln.split()[-1] for ln in fh if "openblas" in ln.lower() and ln.split()[-1].startswith("/")}
+    except OSError:
+        return False
+    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+             "openblas_set_num_threads64_", "openblas_set_num_threads")
+    done = False
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(ctypes.c_int(int(n)))
+                done = True
+                break
+    return done
+
+
+def _subset(c: Cloud, keep: np.ndarray) -> Cloud:
+    return Cloud(c.xyz[keep], c.rgb[keep], c.dynamic[keep], c.velocity[keep])
+
+
+class Pipeline:
+    def __init__(self, cfg: Config | None = None):
+        self.cfg = cfg if cfg is not None else make_config()
+        if self.cfg.pipeline_blas_threads > 0:
+            limit_blas_threads(self.cfg.pipeline_blas_threads)
+        self.frontend = KLTFrontend(self.cfg)
+        self.graph = KeypointGraph(self.cfg)
+        self.window = SlidingWindowEstimator(self.cfg)
+        self.field = field_mod.DepthFieldEstimator(self.cfg) if self.cfg.field_enabled else None
+        self.voxels = cloud_mod.VoxelMap(self.cfg)
+        self._camera = None          # input camera of the current stream
+        self._work_camera = None     # camera at the processing resolution
+        self._last_stamp = None
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget everything: map, tracks, field, voxel map and the camera of the stream."""
+        self._reset_estimation()
+        self._camera = None
+        self._work_camera = None
+        self._last_stamp = None
+
+    def _reset_estimation(self) -> None:
+        self.frontend.reset()
+        self.graph.reset()
+        self.window.reset()
+        self._reset_dense()
+
+    def _reset_dense(self) -> None:
+        if self.field is not None:
+            self.field.reset()
+        self.voxels.clear()
+
+    def _set_camera(self, camera) -> None:
+        self._camera = camera
+        s = min(1.0, self.cfg.pipeline_max_image_width / camera.width)
+        self._work_camera = camera if s >= 1.0 else camera.scaled(s)
+
+    # ------------------------------------------------------------------ per frame
+    def process(self, frame: Frame) -> FrameResult:
+        t_start = time.perf_counter()
+        cfg = self.cfg
+        messages, reset = [], False
+        if self._camera is not None and not frame.camera.same_geometry(self._camera):
+            self._reset_estimation()
+            messages.append(f"camera changed ({self._camera!r} -> {frame.camera!r}): pipeline reset")
+            reset = True
+            self._camera = None
+        if self._last_stamp is not None and frame.stamp_ns < self._last_stamp:
+            self._reset_estimation()
+            messages.append("time jumped backwards: pipeline reset")
+            reset = True
+        self._last_stamp = frame.stamp_ns
+        if self._camera is None:
+            self._set_camera(frame.camera)
+        cam = self._work_camera
+        gray = frame.gray
+        if gray.shape[1] != cam.width or gray.shape[0] != cam.height:
+            gray = cv2.resize(gray, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
+        sx = frame.camera.width / cam.width
+        sy = frame.camera.height / cam.height
+        timings = {}
+
+        # 1. frontend
+        t0 = time.perf_counter()
+        tracks = self.frontend.track(gray)
+        timings["frontend"] = (time.perf_counter() - t0) * 1e3
+
+        # 2a. graph prior, 3a. pose
+        t0 = time.perf_counter()
+        xn = cam.undistort_points(tracks.px.astype(np.float64))
+        ok = np.all(np.isfinite(xn), axis=1)      # outside the lens model's valid region
+        ids, px, xn = tracks.ids[ok], tracks.px[ok], xn[ok]
+        p_prior = self.graph.prior(ids)
+        t_graph = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        est = self.window.estimate_pose(frame.stamp_ns, ids, xn, p_prior, 0.5 * (cam.fx + cam.fy))
+        t_window = time.perf_counter() - t0
+        # 2b. dynamic probability from the static-model residuals
+        t0 = time.perf_counter()
+        g = self.graph.dynamic_probability(ids, px, est.residual_px)
+        t_graph += time.perf_counter() - t0
+        # 3b. keyframes and map
+        t0 = time.perf_counter()
+        wres = self.window.update_map(g.p_dynamic)
+        timings["window"] = (t_window + time.perf_counter() - t0) * 1e3
+        timings["graph"] = t_graph * 1e3
+        if est.message:
+            messages.append(est.message)
+        if est.reset or wres.reset:
+            # A new map (possibly at a new scale): dense state built on the old one is stale.
+            self._reset_dense()
+            reset = True
+
+        px_full = np.stack([(px[:, 0] + 0.5) * sx - 0.5, (px[:, 1] + 0.5) * sy - 0.5], axis=1)
+        result = FrameResult(
+            stamp_ns=frame.stamp_ns, state=wres.state, T_world_cam=wres.T_world_cam,
+            covariance=wres.covariance, velocity_world=wres.velocity_world,
+            is_keyframe=wres.is_keyframe, keypoints=px_full, keypoint_ids=ids.copy(),
+            dynamic_prob=g.p_dynamic.copy(), reset=reset, message="; ".join(messages),
+            timings_ms=timings)
+
+        # 4. field and 5. cloud (only with a pose)
+        timings["field"] = 0.0
+        timings["cloud"] = 0.0
+        if wres.state == TrackingState.TRACKING and self.field is not None:
+            self._dense(frame, cam, px, xn, g.p_dynamic, wres, result, timings)
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        return result
+
+    def _dense(self, frame, cam, px, xn, p_dyn, wres, result, timings) -> None:
+        cfg = self.cfg
+        W, H = cam.width, cam.height
+        t0 = time.perf_counter()
+        time_s = frame.stamp_ns * 1e-9
+        depth = wres.landmark_depth
+        have = np.isfinite(depth) & (depth > 0)
+        # Undistorted pixel positions (pinhole) in the working image, normalised to [-1, 1].
+        u = cam.fx * xn[have, 0] + cam.cx
+        v = cam.fy * xn[have, 1] + cam.cy
+        uv_norm = np.stack([2.0 * u / (W - 1) - 1.0, 2.0 * v / (H - 1) - 1.0], axis=1).astype(np.float32)
+        self.field.update(time_s, uv_norm, (1.0 / depth[have]).astype(np.float32),
+                          np.clip(1.0 - p_dyn[have], 0.0, 1.0).astype(np.float32))
+        ds = int(cfg.cloud_downsample)
+        h, w = max(2, H // ds), max(2, W // ds)
+        inv = self.field.render(time_s, h, w)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dense_depth = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
+        timings["field"] = (time.perf_counter() - t0) * 1e3
+        result.depth = dense_depth
+        result.depth_scale = frame.camera.width / w
+
+        t0 = time.perf_counter()
+        # The field's grid is corner-aligned: small pixel j sits at working pixel j (W-1)/(w-1).
+        small_cam = cloud_mod.scale_intrinsics(cam, h, w)
+        rgb_small = None
+        if frame.rgb is not None:
+            rgb_small = cv2.resize(frame.rgb, (w, h), interpolation=cv2.INTER_AREA)
+        px_small = np.stack([px[:, 0] * (w - 1) / (W - 1), px[:, 1] * (h - 1) / (H - 1)], axis=1)
+        radius = cfg.pipeline_dynamic_radius_px * (w - 1) / (W - 1)
+        dyn = cloud_mod.densify_keypoint_values(px_small.astype(np.float32),
+                                                p_dyn.reshape(-1, 1).astype(np.float32), h, w, radius)[..., 0]
+        dyn = np.where(np.isfinite(dyn), dyn, cfg.graph_prior).astype(np.float32)
+        # Velocity: static points do not move; dynamic keypoint velocities are not estimated yet.
+        vel = np.zeros((h, w, 3), np.float32)
+        cloud = cloud_mod.backproject(dense_depth, small_cam, wres.T_world_cam, rgb_small, dyn, vel)
+        result.cloud = cloud
+        if wres.is_keyframe:
+            self.voxels.insert(_subset(cloud, cloud.dynamic < cfg.pipeline_static_threshold))
+            result.map_cloud = self.voxels.cloud()
+        timings["cloud"] = (time.perf_counter() - t0) * 1e3

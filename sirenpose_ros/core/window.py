@@ -1,0 +1,772 @@
+"""Sliding-window monocular visual odometry: two-view initialisation, PnP tracking, keyframes,
+windowed bundle adjustment, landmark culling, covariance, velocity, loss and re-initialisation.
+
+Inputs are per-frame tracks in *normalized* coordinates (undistorted, x/z, y/z) with stable ids;
+the camera model stays outside. Residual thresholds are given in pixels and converted with the
+focal length passed per frame.
+
+One frame is processed in two calls so that the dynamic-probability stage can sit in between:
+``estimate_pose`` (pose from the map, residuals of every track against the static model) and then
+``update_map(p_dynamic)`` (keyframe decision, triangulation, bundle adjustment, culling).
+
+Conventions:
+- World frame = the optical frame of the first initialisation's reference camera.
+- Monocular scale is fixed at initialisation: the median depth of the initial landmarks in the
+  reference camera is 1 (scene units). After a loss the map is rebuilt from the last well-tracked
+  frame, whose pose continues the trajectory; the new map's scale is set so that its median depth
+  in that frame equals the old map's median depth there, which keeps the scale roughly continuous
+  but not exactly (the scale can drift at each re-initialisation).
+- Pose covariance: 6x6 over (x, y, z, rx, ry, rz) of T_world_cam, position and rotation
+  perturbations both in the world frame, in scene units and radians, from the pose-only
+  Gauss-Newton's information matrix scaled by the measured residual variance.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from sirenpose_ros.core import geometry as geo
+from sirenpose_ros.core.params import ParamSpec
+from sirenpose_ros.core.types import TrackingState
+
+PARAMS = [
+    ParamSpec("window_size_keyframes", 8, "Keyframes in the sliding window (bundle adjustment span).", 3, 50),
+    ParamSpec("window_fixed_keyframes", 2, "Oldest keyframes held fixed in bundle adjustment (gauge and scale).", 1, 10),
+    ParamSpec("window_kf_parallax_px", 15.0, "New keyframe when the median keypoint motion since the last keyframe exceeds this (pixels).", 1.0, 500.0),
+    ParamSpec("window_kf_track_ratio", 0.7, "New keyframe when fewer than this share of the last keyframe's landmarks are still tracked.", 0.0, 1.0),
+    ParamSpec("window_kf_max_frames", 15, "New keyframe at least every this many frames.", 1, 1000),
+    ParamSpec("window_ba_iterations", 5, "Levenberg-Marquardt iterations of the windowed bundle adjustment (keyframes only).", 0, 100),
+    ParamSpec("window_pose_iterations", 6, "Gauss-Newton iterations of the per-frame pose refinement.", 1, 50),
+    ParamSpec("window_huber_px", 1.0, "Huber threshold of the robust reprojection loss (pixels).", 0.05, 50.0),
+    ParamSpec("window_inlier_px", 2.5, "Reprojection error (pixels) below which an observation is an inlier.", 0.1, 50.0),
+    ParamSpec("window_min_inliers", 15, "Tracking is lost below this many pose inliers.", 6, 1000),
+    ParamSpec("window_init_min_parallax_deg", 1.0, "Median rotation-compensated parallax (degrees) needed to initialise.", 0.1, 45.0),
+    ParamSpec("window_init_inlier_px", 1.0, "Epipolar (Sampson) distance (pixels) of an inlier when initialising.", 0.1, 20.0),
+    ParamSpec("window_init_max_direction_std_deg", 1.0, "Initialise only when the standard deviation of the translation direction is below this (degrees).", 0.01, 90.0),
+    ParamSpec("window_init_min_points", 25, "Triangulated points needed to initialise.", 8, 5000),
+    ParamSpec("window_init_homography_ratio", 0.9, "Refuse initialisation while a homography explains this share of the essential-matrix inliers (rotation only or planar).", 0.0, 1.0),
+    ParamSpec("window_tri_min_parallax_deg", 0.5, "Minimum parallax angle (degrees) to triangulate a new landmark.", 0.01, 45.0),
+    ParamSpec("window_ransac_iterations", 100, "RANSAC iterations of PnP when the predicted pose fails.", 10, 10000),
+    ParamSpec("window_dynamic_threshold", 0.5, "Keypoints above this dynamic probability are not used to initialise, triangulate or seed PnP.", 0.0, 1.0),
+    ParamSpec("window_dynamic_cull", 0.7, "Landmarks above this dynamic probability are removed.", 0.0, 1.0),
+    ParamSpec("window_dynamic_weighting", True, "Weight reprojection residuals by 1 - p_dynamic (off: every landmark counts fully).", None, None),
+    ParamSpec("window_velocity_frames", 3, "Frames spanned by the finite-difference velocity.", 1, 30),
+]
+
+
+@dataclass
+class Keyframe:
+    stamp_ns: int
+    T_cw: np.ndarray          # 4x4 world -> camera
+    ids: np.ndarray           # (K,) track ids observed, sorted
+    xn: np.ndarray            # (K, 2) normalized coordinates of those ids
+
+
+@dataclass
+class PoseEstimate:
+    """Result of :meth:`SlidingWindowEstimator.estimate_pose` for the current frame."""
+    state: TrackingState
+    T_world_cam: np.ndarray | None
+    residual_px: np.ndarray            # (N, 2) static-model residual per track, NaN = unknown
+    has_landmark: np.ndarray           # (N,) bool
+    inliers: np.ndarray                # (N,) bool, used by the pose
+    message: str = ""
+    reset: bool = False
+
+
+@dataclass
+class WindowResult:
+    """Result of :meth:`SlidingWindowEstimator.update_map` (final for the frame)."""
+    state: TrackingState
+    T_world_cam: np.ndarray | None
+    covariance: np.ndarray | None
+    velocity_world: np.ndarray | None
+    is_keyframe: bool
+    landmark_depth: np.ndarray         # (N,) depth of each track's landmark in this camera, NaN none
+    message: str = ""
+    reset: bool = False
+    timings_ms: dict = field(default_factory=dict)
+
+
+def _lookup(sorted_ids: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each query id in ``sorted_ids`` and whether it is present."""
+    if sorted_ids.size == 0 or query.size == 0:
+        return np.zeros(query.shape[0], np.int64), np.zeros(query.shape[0], bool)
+    k = np.clip(np.searchsorted(sorted_ids, query), 0, sorted_ids.size - 1)
+    return k, sorted_ids[k] == query
+
+
+def _proj_jacobians(Xc: np.ndarray, f: float):
+    """Residual Jacobians (pixels) of the projection of camera points Xc (N, 3).
+
+    Returns J_x (N, 2, 3) w.r.t. Xc and J_pose (N, 2, 6) w.r.t. a left perturbation
+    (rho, phi) of T_cam_world: Xc' = exp(phi) Xc + rho.
+    """
+    x, y, z = Xc[:, 0], Xc[:, 1], Xc[:, 2]
+    iz = 1.0 / z
+    Jx = np.zeros((Xc.shape[0], 2, 3))
+    Jx[:, 0, 0] = f * iz
+    Jx[:, 0, 2] = -f * x * iz * iz
+    Jx[:, 1, 1] = f * iz
+    Jx[:, 1, 2] = -f * y * iz * iz
+    Jp = np.concatenate([Jx, -Jx @ geo.skew(Xc)], axis=2)
+    return Jx, Jp
+
+
+def _huber_weights(err: np.ndarray, delta: float) -> np.ndarray:
+    return np.where(err <= delta, 1.0, delta / np.maximum(err, 1e-12))
+
+
+def _huber_cost(err: np.ndarray, delta: float) -> np.ndarray:
+    return np.where(err <= delta, 0.5 * err * err, delta * (err - 0.5 * delta))
+
+
+def refine_pose(T_cw: np.ndarray, X: np.ndarray, xn: np.ndarray, w: np.ndarray, f: float,
+                huber_px: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pose-only robust Gauss-Newton. Returns the refined T_cam_world and the 6x6 information
+    matrix (pixels^-2, left perturbation of T_cam_world) at the solution."""
+    T = T_cw.copy()
+    H = np.eye(6) * 1e-9
+    for _ in range(iterations):
+        Xc = geo.transform(T, X)
+        ok = Xc[:, 2] > 1e-6
+        if ok.sum() < 6:
+            break
+        Xc_ok = Xc[ok]
+        r = (Xc_ok[:, :2] / Xc_ok[:, 2:3] - xn[ok]) * f
+        _, J = _proj_jacobians(Xc_ok, f)
+        wt = w[ok] * _huber_weights(np.linalg.norm(r, axis=1), huber_px)
+        H = np.einsum("n,nai,naj->ij", wt, J, J)
+        g = np.einsum("n,nai,na->i", wt, J, r)
+        try:
+            d = -np.linalg.solve(H + np.eye(6) * 1e-9, g)
+        except np.linalg.LinAlgError:
+            break
+        T = geo.se3_exp(d) @ T
+        if np.linalg.norm(d) < 1e-10:
+            break
+    return T, H
+
+
+def sampson_residuals(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """First-order geometric (Sampson) distance of each correspondence to the epipolar geometry
+    (R, t) of view 2 w.r.t. view 1, in normalized units."""
+    E = geo.skew(t) @ R
+    h1 = np.concatenate([x1, np.ones((x1.shape[0], 1))], axis=1)
+    h2 = np.concatenate([x2, np.ones((x2.shape[0], 1))], axis=1)
+    Ex1 = h1 @ E.T
+    Etx2 = h2 @ E
+    num = np.sum(h2 * Ex1, axis=1)
+    den = np.sqrt(Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2) + 1e-300
+    return num / den
+
+
+def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarray,
+                         huber: float, iterations: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Robust Gauss-Newton on the Sampson distance over all inliers (5 DOF: rotation and the
+    direction of t). RANSAC returns the best *minimal-sample* model, which on a short baseline
+    can be off by degrees; this least-squares polish uses every correspondence.
+
+    Returns R, unit t and the 5x5 Gauss-Newton information (normalized units^-2) over
+    (rotation, two directions of t) at the last linearisation."""
+    R, t = R.copy(), t / np.linalg.norm(t)
+    eps = 1e-7
+
+    def perturb(R, t, d):
+        # t moves in the plane orthogonal to itself, then is renormalised.
+        a = np.cross(t, [1.0, 0, 0] if abs(t[0]) < 0.9 else [0, 1.0, 0])
+        a /= np.linalg.norm(a)
+        b = np.cross(t, a)
+        t2 = t + d[3] * a + d[4] * b
+        return geo.so3_exp(d[:3]) @ R, t2 / np.linalg.norm(t2)
+
+    r = sampson_residuals(R, t, x1, x2)
+    cost = np.sum(_huber_cost(np.abs(r), huber))
+    lam = 1e-4
+    for _ in range(iterations):
+        J = np.empty((r.size, 5))
+        for j in range(5):        # five forward differences, each vectorised over all points
+            d = np.zeros(5)
+            d[j] = eps
+            J[:, j] = (sampson_residuals(*perturb(R, t, d), x1, x2) - r) / eps
+        w = _huber_weights(np.abs(r), huber)
+        H = (J * w[:, None]).T @ J
+        g = (J * w[:, None]).T @ r
+        while lam < 1e4:
+            step = -np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-30), g)
+            R2, t2 = perturb(R, t, step)
+            r2 = sampson_residuals(R2, t2, x1, x2)
+            cost2 = np.sum(_huber_cost(np.abs(r2), huber))
+            if cost2 < cost:
+                break
+            lam *= 10.0
+        if cost2 >= cost:
+            break
+        converged = cost - cost2 < 1e-10 * cost
+        R, t, r, cost = R2, t2, r2, cost2
+        lam = max(lam / 10.0, 1e-8)
+        if converged:
+            break
+    return R, t, H
+
+
+class SlidingWindowEstimator:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        self.state = TrackingState.INITIALIZING
+        self._clear_map()
+        self._ref = None               # init reference: dict(ids, xn, T_wc, depth_target, stamp)
+        self._history = deque(maxlen=max(3, int(self.cfg.window_velocity_frames) + 1))  # (stamp, T_wc)
+        self._last_good = None         # dict(ids, xn, T_wc, median_depth, stamp) of last tracked frame
+        self._pending = None           # data carried from estimate_pose to update_map
+        self._info = np.eye(6)
+        self._sigma2 = 1.0
+
+    def _clear_map(self) -> None:
+        self.keyframes: list[Keyframe] = []
+        self.lm_ids = np.zeros(0, np.int64)     # sorted
+        self.lm_X = np.zeros((0, 3))
+        self.lm_p = np.zeros(0)                 # dynamic probability of each landmark
+        self._kf_landmarks_seen = 0
+        self._frames_since_kf = 0
+
+    @property
+    def n_landmarks(self) -> int:
+        return int(self.lm_ids.size)
+
+    def landmarks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, world points) of the current map."""
+        return self.lm_ids.copy(), self.lm_X.copy()
+
+    # ------------------------------------------------------------------ per frame, phase 1
+    def estimate_pose(self, stamp_ns: int, ids: np.ndarray, xn: np.ndarray, p_prior: np.ndarray,
+                      focal_px: float) -> PoseEstimate:
+        """Estimate the current pose (or initialise) from tracks ``ids`` at normalized ``xn``.
+
+        ``p_prior``: each track's dynamic probability from earlier frames (graph prior).
+        """
+        ids = np.asarray(ids, np.int64)
+        xn = np.asarray(xn, np.float64)
+        p_prior = np.asarray(p_prior, np.float64)
+        self._f = float(focal_px)
+        n = ids.shape[0]
+        nan = np.full((n, 2), np.nan)
+        self._pending = dict(stamp=stamp_ns, ids=ids, xn=xn, is_init=False, reset=False)
+        if self.state == TrackingState.TRACKING:
+            est = self._track(stamp_ns, ids, xn, p_prior)
+            if est is not None:
+                return est
+            # Lost: keep the last good frame as the reference of the next initialisation.
+            self.state = TrackingState.LOST
+            self._clear_map()
+            self._ref = dict(self._last_good) if self._last_good is not None else None
+            self._pending = None
+            return PoseEstimate(TrackingState.LOST, None, nan, np.zeros(n, bool), np.zeros(n, bool),
+                                message="tracking lost: too few pose inliers; re-initialising")
+        return self._initialise(stamp_ns, ids, xn, p_prior)
+
+    # ------------------------------------------------------------------ per frame, phase 2
+    def update_map(self, p_dynamic: np.ndarray) -> WindowResult:
+        """Keyframe decision, triangulation, bundle adjustment and culling for the frame given to
+        the last :meth:`estimate_pose`, with each track's dynamic probability ``p_dynamic``."""
+        pend, self._pending = self._pending, None
+        if pend is None or self.state != TrackingState.TRACKING:
+            n = 0 if pend is None else pend["ids"].shape[0]
+            return WindowResult(self.state, None, None, None, False, np.full(n, np.nan))
+        ids, xn = pend["ids"], pend["xn"]
+        p_dynamic = np.asarray(p_dynamic, np.float64)
+        # Landmarks take the current probability of their track.
+        k, hit = _lookup(self.lm_ids, ids)
+        self.lm_p[k[hit]] = p_dynamic[hit]
+        is_kf = pend["is_init"]
+        if not is_kf and self._need_keyframe(ids, xn, hit):
+            self._add_keyframe(pend["stamp"], ids, xn, pend["T_cw"], p_dynamic)
+            is_kf = True
+        T_cw = self.keyframes[-1].T_cw if is_kf else pend["T_cw"]
+        T_wc = geo.invert(T_cw)
+        self._history.append((pend["stamp"], T_wc))
+        # Landmark depth per track (the field stage consumes it).
+        k, hit = _lookup(self.lm_ids, ids)
+        depth = np.full(ids.shape[0], np.nan)
+        if hit.any():
+            depth[hit] = geo.transform(T_cw, self.lm_X[k[hit]])[:, 2]
+        self._last_good = dict(ids=ids, xn=xn, T_wc=T_wc, stamp=pend["stamp"],
+                               depth_target=float(np.nanmedian(depth)) if hit.any() else 1.0)
+        return WindowResult(TrackingState.TRACKING, T_wc, self._covariance(T_wc), self._velocity(),
+                            is_kf, depth, pend.get("message", ""), pend["reset"])
+
+    # ------------------------------------------------------------------ initialisation
+    def _initialise(self, stamp_ns, ids, xn, p_prior) -> PoseEstimate:
+        c = self.cfg
+        n = ids.shape[0]
+        nan = np.full((n, 2), np.nan)
+        state = self.state
+        if self._ref is None:
+            self._ref = dict(ids=ids, xn=xn, T_wc=np.eye(4), depth_target=1.0, stamp=stamp_ns)
+            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
+                                message="initialising: reference frame set")
+        ref = self._ref
+        k, hit = _lookup(np.sort(ref["ids"]), ids)
+        order = np.argsort(ref["ids"])
+        ref_xn = ref["xn"][order]
+        usable = hit & (p_prior < c.window_dynamic_threshold)
+        if hit.sum() < c.window_init_min_points:
+            # The reference is fading out of view: restart from this frame. Its pose is only known
+            # if it is the first initialisation (identity world); after a loss the last good pose
+            # is reused, a guess that the next map's poses will be chained from.
+            self._ref = dict(ids=ids, xn=xn, T_wc=ref["T_wc"], depth_target=ref["depth_target"], stamp=stamp_ns)
+            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
+                                message="initialising: reference frame renewed")
+        x1 = ref_xn[k[usable]]
+        x2 = xn[usable]
+        thr = c.window_inlier_px / self._f
+        flow = np.median(np.linalg.norm(x2 - x1, axis=1))
+        if flow < np.tan(np.radians(c.window_init_min_parallax_deg)) or x1.shape[0] < c.window_init_min_points:
+            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
+                                message="initialising: waiting for parallax")
+        rel = self._relative_pose(x1, x2)
+        if isinstance(rel, str):
+            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
+                                message="initialising: " + rel)
+        R, t, inl = rel
+        T21 = geo.make_T(R, t)
+        X1 = geo.triangulate(np.eye(4)[:3], T21[:3], x1, x2)
+        good = inl & np.all(np.isfinite(X1), axis=1)
+        X1s = np.where(np.isfinite(X1), X1, 0.0)
+        z1 = X1s[:, 2]
+        z2 = geo.transform(T21, X1s)[:, 2]
+        e1 = np.linalg.norm(geo.reprojection_error(np.eye(4), X1s, x1), axis=1) * self._f
+        e2 = np.linalg.norm(geo.reprojection_error(T21, X1s, x2), axis=1) * self._f
+        par = geo.parallax_deg(np.zeros(3), geo.invert(T21)[:3, 3], X1s)
+        good &= (z1 > 0) & (z2 > 0) & (e1 < c.window_inlier_px) & (e2 < c.window_inlier_px)
+        good &= par > c.window_tri_min_parallax_deg
+        if good.sum() < c.window_init_min_points:
+            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
+                                message=f"initialising: only {int(good.sum())} good points")
+        med_par = float(np.median(geo.ray_angle_deg(R, x1[inl], x2[inl])))
+        if med_par < c.window_init_min_parallax_deg:
+            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
+                                message="initialising: waiting for parallax")
+        # Scale convention: median landmark depth in the reference camera = depth_target.
+        s = ref["depth_target"] / np.median(z1[good])
+        T21[:3, 3] *= s
+        X1 = X1s * s
+        T_w_ref = ref["T_wc"]
+        T_ref_w = geo.invert(T_w_ref)
+        self._clear_map()
+        uid = ids[usable][good]
+        o = np.argsort(uid)
+        self.lm_ids = uid[o]
+        self.lm_X = geo.transform(T_w_ref, X1[good])[o]
+        self.lm_p = np.zeros(self.lm_ids.size)
+        ro = np.argsort(ref["ids"])
+        self.keyframes = [Keyframe(ref["stamp"], T_ref_w, ref["ids"][ro], ref["xn"][ro])]
+        T_cw = T21 @ T_ref_w
+        self._add_keyframe(stamp_ns, ids, xn, T_cw, p_prior, triangulate=False)
+        self._rescale(T_w_ref, ref["depth_target"])
+        T_cw = self.keyframes[-1].T_cw
+        was_lost = self.state == TrackingState.LOST
+        self.state = TrackingState.TRACKING
+        self._ref = None
+        # Motion model restarts from the two initial views.
+        self._history.clear()
+        self._history.append((ref["stamp"], T_w_ref))
+        msg = (f"re-initialised ({self.lm_ids.size} landmarks); scale may differ from before the loss"
+               if was_lost else f"initialised ({self.lm_ids.size} landmarks)")
+        residual, has_lm = self._residuals(ids, xn, T_cw)
+        self._pending.update(T_cw=T_cw, is_init=True, reset=was_lost, message=msg)
+        inliers = has_lm & (np.linalg.norm(residual, axis=1) < c.window_inlier_px)
+        return PoseEstimate(TrackingState.TRACKING, geo.invert(T_cw), residual, has_lm, inliers,
+                            message=msg, reset=was_lost)
+
+    def _relative_pose(self, x1, x2):
+        """Relative pose of view 2 w.r.t. view 1 (unit translation) and its inliers, or a string
+        saying why not yet.
+
+        On a short baseline the essential matrix has near-equivalent solutions (translation
+        direction off by ~10 degrees traded against rotation), and which one a RANSAC run returns
+        depends on a few bad tracks. So several robust estimates are each polished on all their
+        inliers and scored with one truncated (MSAC) cost; if the best two disagree while
+        scoring alike, the geometry is ambiguous and initialisation waits for more parallax.
+        """
+        c = self.cfg
+        f = self._f
+        thr = c.window_inlier_px / f
+        tau = c.window_init_inlier_px / f
+        cands = []
+        # A loose RANSAC threshold lets a few bad tracks pick the wrong minimum: stay at <= tau.
+        for method, th in ((cv2.RANSAC, tau * 0.5), (cv2.RANSAC, tau), (cv2.LMEDS, tau)):
+            E, mask = cv2.findEssentialMat(x1, x2, np.eye(3), method, 0.999, th)
+            if E is None or E.shape[0] < 3:
+                continue
+            _, R, t, _ = cv2.recoverPose(E[:3], x1, x2, np.eye(3), mask=mask.copy())
+            inl = np.abs(sampson_residuals(R, t.ravel(), x1, x2)) < tau
+            if inl.sum() < c.window_init_min_points:
+                continue
+            R, t, H = refine_relative_pose(R, t.ravel(), x1[inl], x2[inl], 0.5 * tau)
+            r = np.abs(sampson_residuals(R, t, x1, x2))
+            inl = r < tau
+            cands.append((float(np.sum(np.minimum(r, tau) ** 2)), R, t, inl, H, float(np.mean(r[inl] ** 2))))
+        if not cands:
+            return "no essential matrix"
+        cands.sort(key=lambda k: k[0])
+        score, R, t, inl, H, sigma2 = cands[0]
+        for s2, R2, t2, *_ in cands[1:]:
+            differ = (np.degrees(np.arccos(np.clip(t @ t2, -1.0, 1.0))) > 2.0
+                      or np.degrees(np.linalg.norm(geo.so3_log(R.T @ R2))) > 0.2)
+            if differ and s2 < 1.1 * score:
+                return "ambiguous two-view geometry, waiting for parallax"
+        # Uncertainty of the translation direction from the refinement's information matrix:
+        # a flat valley (rotation traded against translation) means the baseline is too short.
+        try:
+            cov = np.linalg.inv(H) * sigma2
+            t_std = float(np.degrees(np.sqrt(max(cov[3, 3] + cov[4, 4], 0.0))))
+        except np.linalg.LinAlgError:
+            t_std = np.inf
+        if not t_std <= c.window_init_max_direction_std_deg:
+            return f"translation direction uncertain ({t_std:.1f} deg), waiting for parallax"
+        _, maskH = cv2.findHomography(x1, x2, cv2.RANSAC, tau)
+        nH = int(maskH.sum()) if maskH is not None else 0
+        if nH >= c.window_init_homography_ratio * inl.sum():
+            return "homography explains the motion (rotation or plane)"
+        return R, t, inl
+
+    def _rescale(self, T_w_ref: np.ndarray, depth_target: float) -> None:
+        """Scale the map about the reference camera so that the median landmark depth there is
+        ``depth_target`` (bundle adjustment with one fixed camera leaves scale free)."""
+        T_ref_w = geo.invert(T_w_ref)
+        z = geo.transform(T_ref_w, self.lm_X)[:, 2]
+        s = depth_target / np.median(z)
+        self.lm_X = geo.transform(T_w_ref, geo.transform(T_ref_w, self.lm_X) * s)
+        for kf in self.keyframes:
+            T_c_ref = kf.T_cw @ T_w_ref
+            T_c_ref[:3, 3] *= s
+            kf.T_cw = T_c_ref @ T_ref_w
+
+    # ------------------------------------------------------------------ tracking
+    def _predict(self, stamp_ns: int) -> np.ndarray:
+        """Constant-velocity prediction of T_cam_world at ``stamp_ns``.
+
+        The last inter-frame motion (body frame) is extrapolated in proportion to elapsed time,
+        so dropped frames and the multi-frame gap after initialisation are handled alike.
+        """
+        (t_b, T_b) = self._history[-1]
+        if len(self._history) >= 2:
+            (t_a, T_a) = self._history[-2]
+            if t_b > t_a:
+                ratio = min((stamp_ns - t_b) / (t_b - t_a), 5.0)
+                xi = geo.se3_log(geo.invert(T_a) @ T_b) * ratio
+                return geo.invert(T_b @ geo.se3_exp(xi))
+        return geo.invert(T_b)
+
+    def _weights(self, p: np.ndarray) -> np.ndarray:
+        if not self.cfg.window_dynamic_weighting:
+            return np.ones_like(p)
+        return np.clip(1.0 - p, 0.0, 1.0)
+
+    def _track(self, stamp_ns, ids, xn, p_prior) -> PoseEstimate | None:
+        c = self.cfg
+        f = self._f
+        k, hit = _lookup(self.lm_ids, ids)
+        X = self.lm_X[k[hit]]
+        x = xn[hit]
+        p = np.maximum(p_prior[hit], self.lm_p[k[hit]])
+        w = self._weights(p)
+        static = p < c.window_dynamic_threshold
+        if static.sum() < c.window_min_inliers:
+            return None
+        T_pred = self._predict(stamp_ns)
+        T, H = refine_pose(T_pred, X, x, w, f, c.window_huber_px, c.window_pose_iterations)
+        err = np.linalg.norm(geo.reprojection_error(T, X, x), axis=1) * f
+        inl = (err < c.window_inlier_px) & static
+        if inl.sum() < max(c.window_min_inliers, 0.6 * static.sum()):
+            # The motion model failed (sudden motion or a large moving object): RANSAC PnP on the
+            # landmarks not known to be dynamic, then refine on its inliers.
+            idx = np.flatnonzero(static)
+            ok, rvec, tvec, rin = cv2.solvePnPRansac(
+                X[idx], x[idx], np.eye(3), None, iterationsCount=int(c.window_ransac_iterations),
+                reprojectionError=c.window_inlier_px / f, confidence=0.999, flags=cv2.SOLVEPNP_EPNP)
+            if not ok or rin is None or len(rin) < c.window_min_inliers:
+                return None
+            T0 = geo.make_T(cv2.Rodrigues(rvec)[0], tvec.ravel())
+            sel = idx[rin.ravel()]
+            T0, _ = refine_pose(T0, X[sel], x[sel], w[sel], f, c.window_huber_px, c.window_pose_iterations)
+            T, H = refine_pose(T0, X, x, w, f, c.window_huber_px, c.window_pose_iterations)
+            err = np.linalg.norm(geo.reprojection_error(T, X, x), axis=1) * f
+            inl = (err < c.window_inlier_px) & static
+            if inl.sum() < c.window_min_inliers:
+                return None
+        # Residual variance of the inliers scales the information matrix into a covariance.
+        e_in = err[inl]
+        self._sigma2 = max(float(np.sum(e_in ** 2) / max(2 * e_in.size - 6, 1)), 0.05)
+        self._info = H
+        residual, has_lm = self._residuals(ids, xn, T)
+        inliers = np.zeros(ids.shape[0], bool)
+        inliers[np.flatnonzero(hit)[inl]] = True
+        self._pending.update(T_cw=T)
+        return PoseEstimate(TrackingState.TRACKING, geo.invert(T), residual, has_lm, inliers)
+
+    def _residuals(self, ids, xn, T_cw) -> tuple[np.ndarray, np.ndarray]:
+        """Per-track residual vector (pixels) against the static world: reprojection error for
+        tracks with a landmark, offset from the epipolar line of the last keyframe otherwise."""
+        f = self._f
+        res = np.full((ids.shape[0], 2), np.nan)
+        k, hit = _lookup(self.lm_ids, ids)
+        if hit.any():
+            r = geo.reprojection_error(T_cw, self.lm_X[k[hit]], xn[hit]) * f
+            r[~np.isfinite(r)] = 1e3          # behind the camera: clearly not static
+            res[hit] = r
+        if self.keyframes:
+            kf = self.keyframes[-1]
+            kk, seen = _lookup(kf.ids, ids)
+            seen &= ~hit
+            if seen.any():
+                T21 = T_cw @ geo.invert(kf.T_cw)
+                if np.linalg.norm(T21[:3, 3]) > 1e-9:
+                    E = geo.essential_from_pose(T21)
+                    res[seen] = geo.epipolar_offset(E, kf.xn[kk[seen]], xn[seen]) * f
+        return res, hit
+
+    # ------------------------------------------------------------------ keyframes and mapping
+    def _need_keyframe(self, ids, xn, tracked_lm) -> bool:
+        c = self.cfg
+        kf = self.keyframes[-1]
+        kk, seen = _lookup(kf.ids, ids)
+        if seen.sum() == 0:
+            return True
+        motion = np.median(np.linalg.norm(xn[seen] - kf.xn[kk[seen]], axis=1)) * self._f
+        ratio = tracked_lm.sum() / max(self._kf_landmarks_seen, 1)
+        self._frames_since_kf += 1
+        since = self._frames_since_kf
+        if (motion > c.window_kf_parallax_px or ratio < c.window_kf_track_ratio
+                or since >= c.window_kf_max_frames or tracked_lm.sum() < 3 * c.window_min_inliers):
+            return True
+        return False
+
+    def _add_keyframe(self, stamp_ns, ids, xn, T_cw, p_dynamic, triangulate=True) -> None:
+        o = np.argsort(ids)
+        self.keyframes.append(Keyframe(stamp_ns, T_cw.copy(), ids[o], xn[o]))
+        self._frames_since_kf = 0
+        if triangulate:
+            self._triangulate_new(ids[o], xn[o], p_dynamic[o])
+        self._bundle_adjust()
+        self._cull()
+        while len(self.keyframes) > self.cfg.window_size_keyframes:
+            self.keyframes.pop(0)
+        self._drop_unobserved()
+        _, hit = _lookup(self.lm_ids, self.keyframes[-1].ids)
+        self._kf_landmarks_seen = int(hit.sum())
+
+    def _triangulate_new(self, ids, xn, p_dynamic) -> None:
+        """New landmarks for tracks of the newest keyframe seen in an older window keyframe
+        (the oldest one, for the widest baseline)."""
+        c = self.cfg
+        cur = self.keyframes[-1]
+        _, is_lm = _lookup(self.lm_ids, ids)
+        todo = ~is_lm & (p_dynamic < c.window_dynamic_threshold)
+        new_ids, new_X = [], []
+        C2 = geo.invert(cur.T_cw)[:3, 3]
+        for kf in self.keyframes[:-1]:
+            if not todo.any():
+                break
+            kk, seen = _lookup(kf.ids, ids)
+            sel = todo & seen
+            if not sel.any():
+                continue
+            x1, x2 = kf.xn[kk[sel]], xn[sel]
+            X = geo.triangulate(kf.T_cw[:3], cur.T_cw[:3], x1, x2)
+            fin = np.all(np.isfinite(X), axis=1)
+            Xs = np.where(fin[:, None], X, 0.0)
+            e1 = np.linalg.norm(geo.reprojection_error(kf.T_cw, Xs, x1), axis=1) * self._f
+            e2 = np.linalg.norm(geo.reprojection_error(cur.T_cw, Xs, x2), axis=1) * self._f
+            par = geo.parallax_deg(geo.invert(kf.T_cw)[:3, 3], C2, Xs)
+            ok = fin & (e1 < c.window_inlier_px) & (e2 < c.window_inlier_px) & (par > c.window_tri_min_parallax_deg)
+            # Too little parallax: leave it for a later keyframe with a wider baseline.
+            idx = np.flatnonzero(sel)
+            done = idx[ok]
+            todo[done] = False
+            new_ids.append(ids[done])
+            new_X.append(Xs[ok])
+        if new_ids:
+            ni = np.concatenate(new_ids)
+            if ni.size:
+                allid = np.concatenate([self.lm_ids, ni])
+                o = np.argsort(allid)
+                self.lm_ids = allid[o]
+                self.lm_X = np.concatenate([self.lm_X, np.concatenate(new_X)])[o]
+                self.lm_p = np.concatenate([self.lm_p, np.zeros(ni.size)])[o]
+
+    def _observations(self):
+        """All (keyframe, landmark) observations in the window as flat arrays."""
+        kfi, lmi, obs = [], [], []
+        for i, kf in enumerate(self.keyframes):
+            k, hit = _lookup(self.lm_ids, kf.ids)
+            kfi.append(np.full(hit.sum(), i))
+            lmi.append(k[hit])
+            obs.append(kf.xn[hit])
+        return np.concatenate(kfi), np.concatenate(lmi), np.concatenate(obs)
+
+    def _bundle_adjust(self) -> None:
+        """Windowed bundle adjustment, Levenberg-Marquardt with a Schur complement on the points.
+
+        Poses: left perturbations of T_cam_world; the oldest ``window_fixed_keyframes`` keyframes
+        are fixed (one only while the window holds two). Residuals in pixels, Huber-robust and
+        weighted by 1 - p_dynamic of the landmark.
+        """
+        c = self.cfg
+        f = self._f
+        P = len(self.keyframes)
+        if c.window_ba_iterations == 0 or P < 2 or self.lm_ids.size == 0:
+            return
+        kfi, lmi, obs = self._observations()
+        # Only landmarks seen at least twice in the window are constrained.
+        cnt = np.bincount(lmi, minlength=self.lm_ids.size)
+        keep = cnt[lmi] >= 2
+        kfi, lmi, obs = kfi[keep], lmi[keep], obs[keep]
+        if kfi.size < 12:
+            return
+        used, lmc = np.unique(lmi, return_inverse=True)    # compact landmark indices
+        M = used.size
+        X = self.lm_X[used].copy()
+        wdyn = self._weights(self.lm_p[used])[lmc]
+        n_fixed = min(int(c.window_fixed_keyframes), P - 1)
+        free = np.arange(n_fixed, P)
+        F = free.size
+        Ts = np.stack([kf.T_cw for kf in self.keyframes])
+        delta = c.window_huber_px
+
+        def residuals(Ts, X):
+            Xc = np.einsum("nij,nj->ni", Ts[kfi, :3, :3], X[lmc]) + Ts[kfi, :3, 3]
+            z = Xc[:, 2]
+            r = (Xc[:, :2] / np.where(np.abs(z) < 1e-9, 1e-9, z)[:, None] - obs) * f
+            r[z <= 1e-9] = 1e3 / np.sqrt(2)
+            return Xc, r
+
+        def cost(r):
+            return float(np.sum(wdyn * _huber_cost(np.linalg.norm(r, axis=1), delta)))
+
+        Xc, r = residuals(Ts, X)
+        cur_cost = cost(r)
+        lam = 1e-3
+        pose_slot = np.full(P, -1)
+        pose_slot[free] = np.arange(F)
+        for _ in range(int(c.window_ba_iterations)):
+            front = Xc[:, 2] > 1e-9
+            Jx, Jp = _proj_jacobians(np.where(front[:, None], Xc, [0, 0, 1.0]), f)
+            Jl = Jx @ Ts[kfi, :3, :3]
+            wt = wdyn * _huber_weights(np.linalg.norm(r, axis=1), delta) * front
+            WJl = Jl * wt[:, None, None]
+            WJp = Jp * wt[:, None, None]
+            Hll = np.zeros((M, 3, 3))
+            np.add.at(Hll, lmc, np.einsum("nai,naj->nij", WJl, Jl))
+            gl = np.zeros((M, 3))
+            np.add.at(gl, lmc, np.einsum("nai,na->ni", WJl, r))
+            slot = pose_slot[kfi]
+            fo = slot >= 0
+            Hpp = np.zeros((F, 6, 6))
+            np.add.at(Hpp, slot[fo], np.einsum("nai,naj->nij", WJp[fo], Jp[fo]))
+            gp = np.zeros((F, 6))
+            np.add.at(gp, slot[fo], np.einsum("nai,na->ni", WJp[fo], r[fo]))
+            Hpl_obs = np.einsum("nai,naj->nij", WJp[fo], Jl[fo])          # (O_free, 6, 3)
+            # Dense pose-landmark block (6F x 3M): each (pose, landmark) pair occurs once.
+            Hpl = np.zeros((F, M, 6, 3))
+            Hpl[slot[fo], lmc[fo]] = Hpl_obs
+            Hpl = Hpl.transpose(0, 2, 1, 3).reshape(6 * F, 3 * M)
+            Hpp_full = np.zeros((6 * F, 6 * F))
+            for i in range(F):          # F <= window size: a short loop over diagonal blocks
+                Hpp_full[6 * i:6 * i + 6, 6 * i:6 * i + 6] = Hpp[i]
+            Hll_diag = np.einsum("mii->mi", Hll)
+            improved = False
+            for _retry in range(4):     # Levenberg-Marquardt: raise damping until the cost drops
+                Hll_inv = np.linalg.inv(Hll + lam * (Hll_diag[:, :, None] + 1e-6) * np.eye(3))
+                Y = np.einsum("pmi,mij->pmj", Hpl.reshape(6 * F, M, 3), Hll_inv).reshape(6 * F, 3 * M)
+                S = Hpp_full + lam * np.diag(np.diag(Hpp_full) + 1e-6) - Y @ Hpl.T
+                b = -gp.ravel() + Y @ gl.ravel()
+                try:
+                    dp = np.linalg.solve(S, b)
+                except np.linalg.LinAlgError:
+                    lam *= 10.0
+                    continue
+                dl = np.einsum("mij,mj->mi", Hll_inv, -gl - (Hpl.T @ dp).reshape(M, 3))
+                Ts_new = Ts.copy()
+                Ts_new[free] = geo.se3_exp(dp.reshape(F, 6)) @ Ts[free]
+                X_new = X + dl
+                Xc_new, r_new = residuals(Ts_new, X_new)
+                new_cost = cost(r_new)
+                if new_cost < cur_cost:
+                    gain = cur_cost - new_cost
+                    Ts, X, Xc, r, cur_cost = Ts_new, X_new, Xc_new, r_new, new_cost
+                    lam = max(lam / 3.0, 1e-7)
+                    improved = True
+                    break
+                lam *= 10.0
+            if not improved or gain < 1e-4 * cur_cost:
+                break
+        for i, kf in enumerate(self.keyframes):
+            kf.T_cw = Ts[i]
+        self.lm_X[used] = X
+
+    def _cull(self) -> None:
+        """Remove landmarks that are dynamic, behind a camera or inconsistent in the window."""
+        c = self.cfg
+        if self.lm_ids.size == 0:
+            return
+        kfi, lmi, obs = self._observations()
+        Ts = np.stack([kf.T_cw for kf in self.keyframes])
+        Xc = np.einsum("nij,nj->ni", Ts[kfi, :3, :3], self.lm_X[lmi]) + Ts[kfi, :3, 3]
+        z = Xc[:, 2]
+        err = np.linalg.norm(Xc[:, :2] / np.where(z > 1e-9, z, 1e-9)[:, None] - obs, axis=1) * self._f
+        bad_obs = (z <= 1e-9) | (err > 2.0 * c.window_inlier_px)
+        n_bad = np.bincount(lmi, weights=bad_obs, minlength=self.lm_ids.size)
+        n_obs = np.bincount(lmi, minlength=self.lm_ids.size)
+        bad = (n_bad > 0.5 * np.maximum(n_obs, 1)) | (self.lm_p > c.window_dynamic_cull)
+        # A landmark with some bad observations but mostly good ones stays (a KLT slip).
+        self._remove_landmarks(bad)
+
+    def _drop_unobserved(self) -> None:
+        if self.lm_ids.size == 0:
+            return
+        seen = np.zeros(self.lm_ids.size, bool)
+        for kf in self.keyframes:
+            k, hit = _lookup(self.lm_ids, kf.ids)
+            seen[k[hit]] = True
+        self._remove_landmarks(~seen)
+
+    def _remove_landmarks(self, mask: np.ndarray) -> None:
+        keep = ~mask
+        self.lm_ids, self.lm_X, self.lm_p = self.lm_ids[keep], self.lm_X[keep], self.lm_p[keep]
+
+    # ------------------------------------------------------------------ outputs
+    def _covariance(self, T_wc: np.ndarray) -> np.ndarray:
+        """6x6 covariance of T_world_cam (position, rotation; world frame)."""
+        try:
+            cov_local = np.linalg.inv(self._info + np.eye(6) * 1e-9) * self._sigma2
+        except np.linalg.LinAlgError:
+            return np.eye(6) * 1e3
+        # T_cw' = exp(d) T_cw  =>  T_wc' = T_wc exp(-d): world position and rotation
+        # perturbations are -R_wc d_rho and -R_wc d_phi to first order.
+        A = np.zeros((6, 6))
+        A[:3, :3] = T_wc[:3, :3]
+        A[3:, 3:] = T_wc[:3, :3]
+        cov = A @ cov_local @ A.T
+        return 0.5 * (cov + cov.T)
+
+    def _velocity(self) -> np.ndarray | None:
+        """(vx, vy, vz, wx, wy, wz) in the world frame by finite differences over recent frames."""
+        if len(self._history) < 2:
+            return None
+        span = min(int(self.cfg.window_velocity_frames), len(self._history) - 1)
+        (t0, T0), (t1, T1) = self._history[-1 - span], self._history[-1]
+        dt = (t1 - t0) * 1e-9
+        if dt <= 0:
+            return None
+        v = (T1[:3, 3] - T0[:3, 3]) / dt
+        w = geo.so3_log(T1[:3, :3] @ T0[:3, :3].T) / dt
+        return np.concatenate([v, w])

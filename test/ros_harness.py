@@ -1,0 +1,107 @@
+"""Shared pieces of the cross-process ROS tests: a node process, a publisher, a recorder."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from sirenpose_ros.ros import spawn
+from sirenpose_ros.ros.messages import ns_to_stamp
+from sirenpose_ros.ros.recorder import OutputRecorder
+
+IMAGE_TOPIC = "/cam/image_raw"
+INFO_TOPIC = "/cam/camera_info"
+
+
+def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "cam_optical") -> Image:
+    h, w = rgb.shape[:2]
+    msg = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3, data=rgb.tobytes())
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def info_msg(K: np.ndarray, w: int, h: int, stamp_ns: int, frame_id: str = "cam_optical") -> CameraInfo:
+    msg = CameraInfo(width=w, height=h, distortion_model="plumb_bob", d=[0.0] * 5,
+                     k=[float(v) for v in np.asarray(K).reshape(9)],
+                     r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
+                     p=[float(K[0, 0]), 0, float(K[0, 2]), 0, 0, float(K[1, 1]), float(K[1, 2]), 0, 0, 0, 1.0, 0])
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+class RosSession:
+    """A node process plus, in this process, a publisher of camera frames and a recorder."""
+
+    def __init__(self, tmp: Path, params: dict | None = None, namespace: str = "",
+                 compressed: bool = False) -> None:
+        import os
+        self.ns = namespace
+        p = f"{namespace}/" if namespace else ""
+        remaps = {"image": IMAGE_TOPIC, "camera_info": INFO_TOPIC,
+                  "image/compressed": IMAGE_TOPIC + "/compressed"}
+        self.log = tmp / f"node{namespace.replace('/', '_')}.log"
+        self.proc = spawn.start(spawn.node_command(params or {}, remaps, namespace or None),
+                                dict(os.environ), self.log)
+        if not rclpy.ok():
+            rclpy.init()
+        self.node = rclpy.create_node("test_camera")
+        qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10)
+        self.pub_image = self.node.create_publisher(CompressedImage if compressed else Image,
+                                                    IMAGE_TOPIC + ("/compressed" if compressed else ""), qos)
+        self.pub_info = self.node.create_publisher(CameraInfo, INFO_TOPIC, qos)
+        self.rec = OutputRecorder(ns=p.rstrip("/"), name=f"rec{namespace.replace('/', '_')}")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.rec)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (self.pub_image.get_subscription_count() == 0 or self.pub_info.get_subscription_count() == 0
+               or self.rec.count_publishers(f"{self.ns}/odom" if self.ns else "/odom") == 0):
+            assert self.proc.poll() is None, f"node exited early:\n{self.log.read_text()}"
+            assert time.monotonic() < deadline, f"node not connected:\n{self.log.read_text()}"
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+    def node_log(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def wait_for(self, predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert self.proc.poll() is None, f"node died while waiting for {what}:\n{self.node_log()}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.node_log()[-3000:]}"
+            time.sleep(0.02)
+
+    def play(self, rgb_frames, stamps_ns, K, lockstep_timeout: float = 3.0) -> None:
+        """Publish frames one by one; in lockstep, wait for the node to answer each frame (odom,
+        or its counters moving) so results do not depend on this machine's speed."""
+        h, w = rgb_frames[0].shape[:2]
+        for rgb, stamp in zip(rgb_frames, stamps_ns):
+            self.pub_info.publish(info_msg(K, w, h, int(stamp)))
+            before = self.processed()
+            self.pub_image.publish(image_msg(rgb, int(stamp)))
+            self.wait_for(lambda: self.processed() > before, lockstep_timeout, f"frame {stamp}")
+
+    def processed(self) -> int:
+        """Frames the node finished (from its odometry and diagnostics)."""
+        d = self.rec.latest_diagnostics()
+        return max(len(self.rec.odom), int(d.get("frames_processed", 0)) + int(d.get("bad_image", 0))
+                   + int(d.get("no_camera_info", 0)) + int(d.get("size_mismatch", 0)))
+
+    def close(self) -> int:
+        rc = spawn.stop(self.proc)
+        self.executor.shutdown()
+        self.rec.destroy_node()
+        self.node.destroy_node()
+        return rc

@@ -1,0 +1,189 @@
+"""The offline tool (sirenpose_ros.tools.offline): a rendered sequence -> rosbag2 -> Pipeline on every
+frame -> trajectory / clouds / metrics; plus its parameter handling and GT resampling."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from sirenpose_ros.core.params import ParamError
+from sirenpose_ros.io.ply import read_ply
+from sirenpose_ros.io.tum import read_tum
+from sirenpose_ros.synth.sequence import render_sequence, write_sequence
+from sirenpose_ros.tools import offline
+from sirenpose_ros.tools.offline import (core_values, gather_params, grid_indices, main,
+                                         parse_value, read_params_file, resize_nearest,
+                                         run_offline, timing_stats)
+
+N_FRAMES, W, H = 40, 320, 240
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on a rendered 'easy' sequence (one pipeline run shared by the tests below)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seq")
+    seq = render_sequence("easy", seed=0, n_frames=N_FRAMES, width=W, height=H)
+    write_sequence(seq, root)
+    return root, seq
+
+
+@pytest.fixture(scope="module")
+def run(sequence, tmp_path_factory):
+    root, seq = sequence
+    out = tmp_path_factory.mktemp("offline")
+    m = run_offline(root / "bag", out, gt=root / "groundtruth.tum", gt_npz=root / "gt.npz")
+    return out, m, seq
+
+
+def test_outputs_exist_and_agree_with_metrics(run):
+    out, m, seq = run
+    for name in ("trajectory.tum", "map.ply", "cloud.ply", "metrics.json", "summary.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "metrics.json").read_text())["frames_processed"] == m["frames_processed"]
+    stamps, T = read_tum(out / "trajectory.tum")
+    assert len(stamps) == m["frames_with_pose"]
+    assert set(stamps.tolist()) <= set(seq.stamps_ns.tolist())     # input stamps, never now()
+    assert np.all(np.diff(stamps) > 0)
+    for name, key in (("map.ply", "map_points"), ("cloud.ply", "cloud_points")):
+        c = read_ply(out / name)
+        assert len(c) == m[key] > 0
+        assert np.all(np.isfinite(c.xyz))
+    with open(out / "summary.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_are_sane(run):
+    _, m, seq = run
+    # Every image after the first CameraInfo is processed: nothing dropped offline.
+    assert m["frames_processed"] >= N_FRAMES - 1
+    assert m["tracked_share"] > 0.8
+    assert m["n_matched"] == m["frames_with_pose"]
+    # Bound derived from runs (see the report): ATE is well below 2 % of the path.
+    assert m["ate_rmse"] < 0.02 * m["trajectory_length"]
+    assert m["rpe_rot_rmse_deg"] < 1.0
+    assert 0 <= m["depth_abs_rel"] < 0.5 and 0.3 < m["depth_delta1"] <= 1
+    assert m["depth_frames"] > 0
+    assert 0 <= m["dyn_mask_iou"] <= 1 and 0 <= m["dyn_kp_f1"] <= 1
+    t = m["timings_ms"]
+    assert t["process"]["n"] == m["frames_processed"]
+    assert 0 < t["process"]["p50"] <= t["process"]["p99"]
+    assert m["fps"] > 0
+
+
+def test_cli_with_params_file_and_max_frames(sequence, tmp_path, capsys):
+    root, _ = sequence
+    params = tmp_path / "live.yaml"
+    params.write_text(textwrap.dedent("""\
+        /**:
+          ros__parameters:
+            use_sim_time: true
+            odom_frame: odom
+            frontend_max_keypoints: 200
+        """))
+    rc = main([str(root / "bag"), "--out", str(tmp_path / "o"), "--params-file", str(params),
+               "--param", "window_min_inliers:=20", "--max-frames", "6", "--no-plot"])
+    assert rc == 0
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["frames_processed"] == 6
+    assert m["params"] == {"frontend_max_keypoints": 200, "window_min_inliers": 20}
+    out = capsys.readouterr()
+    assert "tracked share" in out.out and "process" in out.out
+    assert "use_sim_time" in out.err and "odom_frame" in out.err      # reported as ignored
+    assert not (tmp_path / "o" / "summary.png").exists()
+
+
+def test_cli_errors(sequence, tmp_path, capsys):
+    root, _ = sequence
+    bag = str(root / "bag")
+    assert main([bag, "--out", str(tmp_path / "a"), "--param", "no_such_param:=1"]) == 1
+    assert "no_such_param" in capsys.readouterr().err
+    assert main([bag, "--out", str(tmp_path / "b"), "--image-topic", "/nope"]) == 1
+    assert "/nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([bag, "--out", str(tmp_path / "c"), "--param", "frontend_max_keypoints=5"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------
+
+def test_parse_value_types_like_ros():
+    assert parse_value("3") == 3 and isinstance(parse_value("3"), int)
+    assert parse_value("0.5") == 0.5
+    assert parse_value("1e-3") == 1e-3            # YAML 1.1 would leave this a string
+    assert parse_value("true") is True and parse_value("False") is False
+    assert parse_value("cpu") == "cpu"
+
+
+def test_params_file_sections(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("my_node:\n  ros__parameters:\n    frontend_max_keypoints: 99\n")
+    assert read_params_file(p) == {"frontend_max_keypoints": 99}      # single section: any name
+    p.write_text(textwrap.dedent("""\
+        /**:
+          ros__parameters: {frontend_max_keypoints: 1, use_sim_time: true}
+        /robot1/sirenpose:
+          ros__parameters: {frontend_max_keypoints: 2}
+        other_node:
+          ros__parameters: {something_else: 3}
+        """))
+    # Several sections: the wildcard and the node's own, the more specific one last.
+    assert read_params_file(p) == {"frontend_max_keypoints": 2, "use_sim_time": True}
+    p.write_text("a:\n  ros__parameters: {x: 1}\nb:\n  ros__parameters: {y: 2}\n")
+    with pytest.raises(ValueError, match="none for node"):
+        read_params_file(p)
+    p.write_text("just: a mapping\n")
+    with pytest.raises(ValueError, match="ros__parameters"):
+        read_params_file(p)
+
+
+def test_core_values_keeps_core_ignores_node_rejects_unknown():
+    kept, ignored = core_values({"frontend_max_keypoints": 5, "odom_frame": "o",
+                                 "use_sim_time": True,
+                                 "qos_overrides./tf.publisher.depth": 10})
+    assert kept == {"frontend_max_keypoints": 5}
+    assert sorted(ignored) == ["odom_frame", "qos_overrides./tf.publisher.depth", "use_sim_time"]
+    with pytest.raises(ParamError, match="frontend_max_keypoint\\b"):
+        core_values({"frontend_max_keypoint": 5})
+
+
+def test_command_line_params_override_file(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("/**:\n  ros__parameters:\n    frontend_max_keypoints: 99\n    base_frame: b\n")
+    kept, ignored = gather_params(p, ["frontend_max_keypoints:=120"])
+    assert kept == {"frontend_max_keypoints": 120} and ignored == ["base_frame"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth at the pipeline's reduced resolution
+# ---------------------------------------------------------------------------------------------
+
+def test_grid_indices_are_corner_aligned():
+    # 5 -> 3: centres at 0, 2, 4; 640 -> 160: first and last pixel centres coincide.
+    np.testing.assert_array_equal(grid_indices(5, 3), [0, 2, 4])
+    g = grid_indices(640, 160)
+    assert g[0] == 0 and g[-1] == 639 and np.all(np.diff(g) > 0)
+    np.testing.assert_array_equal(grid_indices(7, 7), np.arange(7))
+    img = np.arange(5 * 9).reshape(5, 9)
+    np.testing.assert_array_equal(resize_nearest(img, 3, 5), img[::2, ::2])
+
+
+def test_dense_ground_truth_lookup(tmp_path):
+    stamps = np.array([100, 300, 200], np.int64)
+    np.savez(tmp_path / "gt.npz", depth=np.ones((3, 2, 2), np.float32),
+             mask=np.zeros((3, 2, 2), np.uint8), stamps_ns=stamps)
+    gt = offline.DenseGroundTruth(tmp_path / "gt.npz", max_dt_ns=20)
+    assert [gt.index(s) for s in (100, 210, 295, 250, 1000, 0)] == [0, 2, 1, None, None, None]
+
+
+def test_timing_stats():
+    rows = [{"a": float(i), "b": 1.0} for i in range(101)] + [{"b": 3.0}]
+    t = timing_stats(rows)
+    assert t["a"]["n"] == 101 and t["a"]["mean"] == 50.0 and t["a"]["p50"] == 50.0
+    assert t["a"]["p99"] == pytest.approx(99.0)
+    assert t["b"]["n"] == 102 and t["b"]["p99"] <= 3.0
