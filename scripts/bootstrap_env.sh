@@ -7,7 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${SIRENPOSE_VENV:-$root/.venv}"
 py="${PYTHON:-python3}"
 stamp="$venv/.sirenpose-env"
-want="$(cat "$root/requirements.txt" "$root/requirements-interfaces.txt" \
+want="$(cat "$root/requirements.txt" "$root/requirements-interfaces.txt" "$root/requirements-nodeps.txt" \
         "$root/interfaces/tf2_msgs/CMakeLists.txt" "$root/setup.py" "$0" | sha256sum | cut -c1-16)"
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
@@ -29,7 +29,9 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 echo "bootstrap: installing pinned dependencies (ROS 2 Kilted wheels, torch==2.13.0 CPU, ...)"
 "${pip[@]}" install -r "$root/requirements.txt" -r "$root/requirements-interfaces.txt" 2>&1 \
   | grep -v "is ignored: it is neither" || true
-"$venv/bin/python" -c "import rclpy, torch, cv2, rosbags" \
+"${pip[@]}" install --no-deps -r "$root/requirements-nodeps.txt" 2>&1 \
+  | grep -v "is ignored: it is neither" || true
+"$venv/bin/python" -c "import rclpy, torch, cv2, rosbags, onnxruntime" \
   || { echo "bootstrap: dependency install failed" >&2; exit 1; }
 
 # tf2_msgs has no wheel: generate it from its .msg with the rosidl generator wheels. The cmake

@@ -83,7 +83,17 @@ class RosSession:
             assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.node_log()[-3000:]}"
             time.sleep(0.02)
 
-    def play(self, rgb_frames, stamps_ns, K, lockstep_timeout: float = 3.0) -> None:
+    def settle(self, quiet: float = 2.0, timeout: float = 60.0) -> None:
+        """Wait until no new odometry arrived for ``quiet`` seconds (the node caught up)."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() - since < quiet and time.monotonic() < deadline:
+            n = len(self.rec.odom)
+            if n != last:
+                last, since = n, time.monotonic()
+            time.sleep(0.05)
+
+    def play(self, rgb_frames, stamps_ns, K, lockstep_timeout: float = 15.0) -> None:
         """Publish frames one by one; in lockstep, wait for the node to answer each frame (odom,
         or its counters moving) so results do not depend on this machine's speed."""
         h, w = rgb_frames[0].shape[:2]

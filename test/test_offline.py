@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sirenpose_ros.core.params import ParamError
+from sirenpose_ros.eval.metrics import depth_metrics
 from sirenpose_ros.io.ply import read_ply
 from sirenpose_ros.io.tum import read_tum
 from sirenpose_ros.synth.sequence import render_sequence, write_sequence
@@ -17,7 +18,9 @@ from sirenpose_ros.tools.offline import (core_values, gather_params, grid_indice
                                          parse_value, read_params_file, resize_nearest,
                                          run_offline, timing_stats)
 
-N_FRAMES, W, H = 40, 320, 240
+# 60 frames: initialisation needs ~10 frames of parallax, which would leave 40 frames with
+# only ~75 % tracked.
+N_FRAMES, W, H = 60, 320, 240
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,18 +64,70 @@ def test_metrics_are_sane(run):
     _, m, seq = run
     # Every image after the first CameraInfo is processed: nothing dropped offline.
     assert m["frames_processed"] >= N_FRAMES - 1
-    assert m["tracked_share"] > 0.8
+    # Initialisation waits for parallax (~10 frames here), then tracking must hold. Asserted
+    # separately, so that a slower start and a loss of track are told apart.
+    assert m["first_pose_frame"] <= 15
+    assert m["tracked_share_after_init"] > 0.95
+    assert m["tracked_share"] > 0.7
     assert m["n_matched"] == m["frames_with_pose"]
-    # Bound derived from runs (see the report): ATE is well below 2 % of the path.
+    # Bounds derived from runs (easy, 320x240: ATE 0.2-0.4 % of the path, RPE rot ~0.02 deg,
+    # depth AbsRel 0.08-0.12, delta1 0.91-0.95), with a margin of ~5x.
     assert m["ate_rmse"] < 0.02 * m["trajectory_length"]
-    assert m["rpe_rot_rmse_deg"] < 1.0
-    assert 0 <= m["depth_abs_rel"] < 0.5 and 0.3 < m["depth_delta1"] <= 1
-    assert m["depth_frames"] > 0
+    assert m["rpe_rot_rmse_deg"] < 0.2
+    assert m["depth_abs_rel"] < 0.3 and m["depth_delta1"] > 0.7
+    assert m["depth_frames"] == m["frames_with_pose"]
     assert 0 <= m["dyn_mask_iou"] <= 1 and 0 <= m["dyn_kp_f1"] <= 1
     t = m["timings_ms"]
     assert t["process"]["n"] == m["frames_processed"]
     assert 0 < t["process"]["p50"] <= t["process"]["p99"]
     assert m["fps"] > 0
+
+
+def _write_replayed_bag(seq, idx, path):
+    """A bag as a recorder of a replay would store it: receive times always increasing, header
+    stamps those of frames ``idx`` (so they repeat or go back where ``idx`` does)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+    from sirenpose_ros.synth.sequence import camera_info_msg
+    ts = get_typestore(Stores.ROS2_KILTED)
+    img_t, info_t = "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo"
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        c_info = w.add_connection(offline.INFO_TOPIC, info_t, typestore=ts)
+        c_img = w.add_connection(offline.IMAGE_TOPIC, img_t, typestore=ts)
+        for k, i in enumerate(idx):
+            t_recv, stamp = 10**9 + k * 33_000_000, int(seq.stamps_ns[i])
+            info = camera_info_msg(ts, seq.K, seq.width, seq.height, stamp)
+            w.write(c_info, t_recv, ts.serialize_cdr(info, info_t))
+            img = ts.types[img_t](header=info.header, height=seq.height, width=seq.width,
+                                  encoding="rgb8", is_bigendian=0, step=3 * seq.width,
+                                  data=seq.rgb[i].reshape(-1))
+            w.write(c_img, t_recv + 1, ts.serialize_cdr(img, img_t))
+
+
+def test_bag_loop_and_duplicate_stamp_follow_the_node_policy(sequence, tmp_path):
+    """Stamps going back (bag loop) reset the pipeline; a repeated stamp is skipped."""
+    _, seq = sequence
+    idx = np.r_[0:15, 14, 0:15]
+    _write_replayed_bag(seq, idx, tmp_path / "bag")
+    # The input policy is under test, not the dense stage: leave the field out (faster).
+    m = run_offline(tmp_path / "bag", tmp_path / "out", cfg_values={"field_enabled": False},
+                    plot=False)
+    assert m["frames_skipped"] == {"duplicate_stamp": 1} and m["time_jumps_back"] == 1
+    assert m["frames_processed"] == len(idx) - 1 == sum(m["states"].values())
+    assert m["resets"] >= 1
+    stamps, _ = read_tum(tmp_path / "out" / "trajectory.tum")
+    assert np.all(np.isin(stamps, seq.stamps_ns[:15]))
+
+
+def test_runs_are_deterministic(sequence, tmp_path):
+    root, _ = sequence
+    # 16 frames: initialisation (~10 frames) and a few tracked frames with the field.
+    a = run_offline(root / "bag", tmp_path / "a", max_frames=16, plot=False)
+    b = run_offline(root / "bag", tmp_path / "b", max_frames=16, plot=False)
+    assert a["frames_with_pose"] == b["frames_with_pose"] > 0
+    assert (tmp_path / "a" / "trajectory.tum").read_bytes() == \
+        (tmp_path / "b" / "trajectory.tum").read_bytes()
+    assert (tmp_path / "a" / "cloud.ply").read_bytes() == (tmp_path / "b" / "cloud.ply").read_bytes()
 
 
 def test_cli_with_params_file_and_max_frames(sequence, tmp_path, capsys):
@@ -179,6 +234,55 @@ def test_dense_ground_truth_lookup(tmp_path):
              mask=np.zeros((3, 2, 2), np.uint8), stamps_ns=stamps)
     gt = offline.DenseGroundTruth(tmp_path / "gt.npz", max_dt_ns=20)
     assert [gt.index(s) for s in (100, 210, 295, 250, 1000, 0)] == [0, 2, 1, None, None, None]
+
+
+def _result(stamp, depth=None, keypoints=None, prob=None):
+    from sirenpose_ros.core.types import FrameResult, TrackingState
+    kp = np.zeros((0, 2)) if keypoints is None else keypoints
+    return FrameResult(stamp, TrackingState.TRACKING, T_world_cam=np.eye(4), keypoints=kp,
+                       dynamic_prob=np.zeros(len(kp)) if prob is None else prob, depth=depth)
+
+
+def test_dense_scores_against_known_answers(tmp_path):
+    """Depth, mask IoU and keypoint F1 on constructed results whose scores are known."""
+    from sirenpose_ros.core.config import make_config
+    Hf, Wf, h, w = 48, 64, 12, 16
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(1.0, 5.0, (2, Hf, Wf)).astype(np.float32)
+    mask = np.zeros((2, Hf, Wf), np.uint8)
+    mask[:, :, : Wf // 2] = 1                                 # left half moves
+    np.savez(tmp_path / "gt.npz", depth=depth, mask=mask, stamps_ns=np.array([10, 20]))
+    scores = offline.DenseScores(offline.DenseGroundTruth(tmp_path / "gt.npz", 0), make_config())
+
+    # Frame 10: depth = 3 x GT at the grid centres (exact after median scaling), one pixel
+    # unknown; keypoints on a dense grid labelled correctly.
+    pred = 3.0 * resize_nearest(depth[0], h, w)
+    pred[0, 0] = np.nan
+    u, v = np.meshgrid(np.arange(0, Wf, 2.0), np.arange(0, Hf, 2.0))
+    kp = np.stack([u.ravel(), v.ravel()], 1)
+    truth = (kp[:, 0] < Wf // 2 - 0.5).astype(float)
+    scores.add(_result(10, pred, kp, truth))
+    # Frame 20: the probabilities flipped, depth off by a factor 2 on the left half.
+    pred2 = resize_nearest(depth[1], h, w).copy()
+    pred2[:, : w // 2] *= 2.0
+    scores.add(_result(20, pred2, kp, 1.0 - truth))
+    scores.add(_result(30, pred2))                            # no GT at this stamp
+    s = scores.summary()
+    assert s["depth_frames"] == 2 and s["frames_without_gt_depth"] == 1
+    m2 = depth_metrics(pred2, resize_nearest(depth[1], h, w))
+    assert s["depth_abs_rel"] == pytest.approx((0.0 + m2["abs_rel"]) / 2, abs=1e-6)
+    assert s["depth_delta1"] == pytest.approx((1.0 + m2["delta1"]) / 2)
+    assert s["depth_coverage"] == pytest.approx((1 - 1 / (h * w) + 1.0) / 2)
+    # Mask IoU: ~1 for the correct frame, 0 for the flipped one (a 2-pixel keypoint spacing
+    # is finer than the 4-pixel grid, so the densified boundary falls in the right place).
+    assert s["dyn_mask_frames"] == 2
+    assert s["dyn_mask_iou"] == pytest.approx(0.5, abs=0.02)
+    assert s["dyn_mask_iou_pooled"] == pytest.approx(1 / 3, abs=0.02)   # (n + 0) / (n + 2n)
+    # Keypoint F1 pooled: TP = n_dyn (frame 1), FP = n_static (frame 2), FN = n_dyn (frame 2).
+    n_dyn, n_stat = int(truth.sum()), int((1 - truth).sum())
+    assert s["dyn_kp_n"] == 2 * len(kp)
+    assert s["dyn_kp_precision"] == pytest.approx(n_dyn / (n_dyn + n_stat))
+    assert s["dyn_kp_recall"] == pytest.approx(0.5)
 
 
 def test_timing_stats():

@@ -62,7 +62,8 @@ def unpack_rgb(packed: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- geometry
-def scale_intrinsics(K: np.ndarray, full_hw: tuple[int, int], small_hw: tuple[int, int]) -> np.ndarray:
+def scale_intrinsics(K: np.ndarray, full_hw: tuple[int, int],
+                     small_hw: tuple[int, int]) -> np.ndarray:
     """Pinhole K of a corner-aligned h x w grid over a H x W image (the field's render grid).
 
     Small pixel j maps to full-resolution u = j s with s = (W - 1) / (w - 1), so
@@ -111,8 +112,8 @@ def backproject(depth: np.ndarray, camera, T_world_cam: np.ndarray,
 
     ``depth`` (h, w) z-depth; NaN, inf, <= 0 and > ``max_depth`` are dropped. ``camera``: pinhole
     K (3x3) of this h x w grid, or an object with a ``.K`` attribute. ``rgb`` (h, w, 3) uint8
-    (grey when None), ``dynamic`` (h, w) in [0, 1] (0 when None), ``velocity`` (h, w, 3) world
-    frame (0 when None), all on the same grid as ``depth``.
+    (grey when None), ``dynamic`` (h, w) in [0, 1] (0 when None or NaN), ``velocity`` (h, w, 3)
+    world frame (0 when None or NaN), all on the same grid as ``depth``.
     """
     depth = np.asarray(depth, np.float32)
     h, w = depth.shape
@@ -132,10 +133,16 @@ def backproject(depth: np.ndarray, camera, T_world_cam: np.ndarray,
         col = pack_rgb(np.asarray(rgb).reshape(-1, 3)[idx])
     else:
         col = np.full(n, _DEFAULT_RGB, np.uint32)
-    dyn = (np.asarray(dynamic, np.float32).reshape(-1)[idx] if dynamic is not None
-           else np.zeros(n, np.float32))
-    vel = (np.asarray(velocity, np.float32).reshape(-1, 3)[idx] if velocity is not None
-           else np.zeros((n, 3), np.float32))
+    # Unknown (NaN, e.g. far from every keypoint after densify) means static and not moving:
+    # most of a scene is static, and consumers of the cloud need finite numbers.
+    if dynamic is not None:
+        dyn = np.nan_to_num(np.asarray(dynamic, np.float32).reshape(-1)[idx], nan=0.0)
+    else:
+        dyn = np.zeros(n, np.float32)
+    if velocity is not None:
+        vel = np.nan_to_num(np.asarray(velocity, np.float32).reshape(-1, 3)[idx], nan=0.0)
+    else:
+        vel = np.zeros((n, 3), np.float32)
     return Cloud(xyz.astype(np.float32, copy=False), col, dyn, vel)
 
 
@@ -156,34 +163,44 @@ def densify_keypoint_values(px: np.ndarray, values: np.ndarray, h: int, w: int,
     (N,) (then C = 1). Spreads per-keypoint dynamic probability and velocity over the grid.
 
     The nearest keypoint comes from OpenCV's labelled distance transform (~0.2 ms at 160x120,
-    ~20x faster than a k-d tree query of every pixel): keypoints are rounded to their pixel
-    (clamped into the grid) and the transform's metric is a close approximation of Euclidean,
-    so where two keypoints are within about a pixel of equidistant either may win. The
-    ``max_dist_px`` cut uses the exact distance to the chosen keypoint.
+    ~20x faster than a k-d tree query of every pixel): keypoints are rounded to their pixel and
+    the transform's metric approximates Euclidean, so where two keypoints are nearly
+    equidistant (measured: distances within 1.2 px) either may win, i.e. region borders can
+    shift by about a pixel. The ``max_dist_px`` cut uses the exact distance to the chosen
+    keypoint.
     """
     px = np.asarray(px, np.float64).reshape(-1, 2)
     vals = np.asarray(values, np.float32)
     if vals.ndim == 1:
         vals = vals[:, None]
     if vals.shape[0] != px.shape[0]:
-        raise ValueError(f"densify_keypoint_values: {px.shape[0]} keypoints, {vals.shape[0]} values")
+        raise ValueError(f"densify_keypoint_values: {px.shape[0]} keypoints, "
+                         f"{vals.shape[0]} values")
     out = np.full((h * w, vals.shape[1]), np.nan, np.float32)
-    keep = np.isfinite(px).all(1)
-    px, vals = px[keep], vals[keep]
+    # Run the transform on a grid padded by the cut-off distance, so keypoints just outside the
+    # image still compete with their true position; farther ones cannot be within the cut-off
+    # of any pixel and are dropped (beyond a pad of max(h, w) they are clamped to its border).
+    pad = int(min(np.ceil(max_dist_px) + 1, max(h, w)))
+    H, W = h + 2 * pad, w + 2 * pad
+    reach = pad + max_dist_px
+    ok = (np.isfinite(px).all(1) & (px[:, 0] > -reach) & (px[:, 0] < w - 1 + reach)
+          & (px[:, 1] > -reach) & (px[:, 1] < h - 1 + reach))
+    px, vals = px[ok], vals[ok]
     if px.shape[0] == 0:
         return out.reshape(h, w, -1)
-    iu = np.clip(np.rint(px[:, 0]), 0, w - 1).astype(np.int64)
-    iv = np.clip(np.rint(px[:, 1]), 0, h - 1).astype(np.int64)
-    lin = iv * w + iu
-    owner = np.empty(h * w, np.int64)
+    iu = np.clip(np.rint(px[:, 0]) + pad, 0, W - 1).astype(np.int64)
+    iv = np.clip(np.rint(px[:, 1]) + pad, 0, H - 1).astype(np.int64)
+    lin = iv * W + iu
+    owner = np.empty(H * W, np.int64)
     owner[lin] = np.arange(px.shape[0])        # several keypoints in one pixel: one of them
-    mask = np.ones((h, w), np.uint8)
+    mask = np.ones((H, W), np.uint8)
     mask.reshape(-1)[lin] = 0
     _, labels = cv2.distanceTransformWithLabels(mask, cv2.DIST_L2, cv2.DIST_MASK_5,
                                                 labelType=cv2.DIST_LABEL_PIXEL)
     # DIST_LABEL_PIXEL numbers the zero pixels 1.. in raster order, i.e. sorted linear index.
     zero_pixels = np.unique(lin)
-    nearest = owner[zero_pixels[labels.reshape(-1) - 1]]
+    labels = labels[pad:pad + h, pad:pad + w].reshape(-1)
+    nearest = owner[zero_pixels[labels - 1]]
     gu, gv = _grid_uv(h, w)
     d2 = (gu - px[nearest, 0]) ** 2 + (gv - px[nearest, 1]) ** 2
     near = d2 <= max_dist_px * max_dist_px

@@ -11,8 +11,8 @@ Coordinates
 - ``u_n = 2 u / (W - 1) - 1`` and ``v_n = 2 v / (H - 1) - 1`` for pixel centres u in [0, W-1] and
   v in [0, H-1] of the (undistorted) image, so -1 / +1 are the centres of the first / last pixel.
   ``render(t, h, w)`` uses the same mapping on its h x w grid ("corner-aligned": small pixel j
-  sits at full-resolution u = j (W - 1) / (w - 1)); :func:`sirenpose_ros.core.cloud.scale_intrinsics`
-  gives the matching intrinsics for back-projection.
+  sits at full-resolution u = j (W - 1) / (w - 1));
+  :func:`sirenpose_ros.core.cloud.scale_intrinsics` gives the matching intrinsics.
 - Time: ``t_n = 1 - 2 (t_newest - t) / field_time_horizon_s``. See ``_time_to_tn`` for why.
 
 Output: the last linear layer predicts ``z = log(inverse depth)`` and the field returns ``exp(z)``.
@@ -72,7 +72,8 @@ PARAMS: list[ParamSpec] = [
               "rendered); the rest is drawn uniformly over the window.", min=0.0, max=1.0),
     ParamSpec("field_huber_delta", 0.05,
               "Huber threshold on the log inverse-depth residual (~relative depth error): "
-              "keypoint depths off by more than this count linearly (robust to bad triangulations).",
+              "keypoint depths off by more than this count linearly (robust to bad "
+              "triangulations).",
               min=1e-4, max=10.0),
     ParamSpec("field_smoothness_weight", 0.5,
               "Temporal smoothness: weight of (log F(u,v,t) - log F(u,v,t-dt))^2 at random points. "
@@ -90,6 +91,9 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("field_seed", 0,
               "Seed of the field's initialisation and minibatch sampling (reproducible runs).",
               min=0, max=2**31 - 1),
+    ParamSpec("field_cuda_graph", True,
+              "On CUDA, replay each training step as a captured CUDA graph (the small network is "
+              "launch-bound: ~10x faster per step). Turn off only to debug.",),
     ParamSpec("field_device", "auto",
               "Where the field runs: 'cpu', 'cuda', or 'auto' (cuda when available).",
               choices=("cpu", "cuda", "auto")),
@@ -106,11 +110,20 @@ def _cfg_get(cfg, name: str):
     raise KeyError(name)
 
 
+def normalize_pixels(px: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, 2) pixel (u, v) of a width x height image -> (N, 2) float32 field coordinates in
+    [-1, 1]: u_n = 2 u / (W - 1) - 1 (pixel centres 0 and W-1 map to -1 and +1)."""
+    px = np.asarray(px, np.float64).reshape(-1, 2)
+    scale = np.array([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
+    return (px * scale - 1.0).astype(np.float32)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("field_device='cuda' but torch reports no CUDA device; use 'cpu' or 'auto'")
+        raise RuntimeError("field_device='cuda' but torch reports no CUDA device; "
+                           "use 'cpu' or 'auto'")
     return torch.device(name)
 
 
@@ -186,13 +199,27 @@ class DepthFieldEstimator:
         self.reg_points = int(g("field_reg_points"))
         self.seed = int(g("field_seed"))
         self.device = resolve_device(str(g("field_device")))
+        self._use_graph = bool(g("field_cuda_graph")) and self.device.type == "cuda"
+
+        # Smoothness residuals as one small matrix product over the (6, M) stencil values
+        # (centre, +du, -du, +dv, -dv, -dt): rows = temporal first difference and the two
+        # spatial second differences, pre-scaled by sqrt(weight / M) so that the squared sum is
+        # the weighted mean. Fewer autograd nodes per step than separate terms, which matters
+        # at this size (per-op overhead dominates on a CPU).
+        M = self.reg_points
+        a = math.sqrt(self.w_time / max(M, 1))
+        b = math.sqrt(self.w_space / max(M, 1))
+        self._stencil = torch.tensor([[a, 0, 0, 0, 0, -a],
+                                      [-2 * b, b, b, 0, 0, 0],
+                                      [-2 * b, 0, 0, b, b, 0]], dtype=torch.float32,
+                                     device=self.device)
+        self._use_reg = M > 0 and (a > 0 or b > 0)
 
         F, N = self.window, self.max_per_frame
         # Ring buffers, allocated once: per slot (= frame) up to N samples.
         self._uv = torch.zeros((F, N, 2), dtype=torch.float32, device=self.device)
         self._z = torch.zeros((F, N), dtype=torch.float32, device=self.device)   # log inv depth
         self._w = torch.zeros((F, N), dtype=torch.float32, device=self.device)
-        self._rng = np.random.default_rng(self.seed)            # host-side subsampling only
         self._grid_cache: dict[tuple[int, int], torch.Tensor] = {}
         self.reset()
 
@@ -200,8 +227,13 @@ class DepthFieldEstimator:
     def reset(self) -> None:
         """Forget all samples and re-initialise network and optimiser (same seed)."""
         self.net = SirenField(self.hidden, self.layers, self.omega0, self.seed).to(self.device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, fused=True)
+        # capturable: the optimiser's step counter lives on the device (needed in a CUDA graph).
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, fused=True,
+                                    capturable=self._use_graph)
+        self._graph = None                        # captured for this network; rebuilt on reset
+        self._static_in = self._static_out = None
         self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        self._rng = np.random.default_rng(self.seed)            # host-side subsampling only
         self._w.zero_()
         self._count = [0] * self.window           # valid rows per slot (known on the host)
         self._times: list[float | None] = [None] * self.window
@@ -245,7 +277,7 @@ class DepthFieldEstimator:
     # ------------------------------------------------------------------ update
     def update(self, time_s: float, uv_norm: np.ndarray, inv_depth: np.ndarray,
                weight: np.ndarray, steps: int | None = None) -> dict:
-        """Store this frame's samples and run ``steps`` (default ``field_steps_per_frame``) Adam steps.
+        """Store this frame's samples, then run ``steps`` Adam steps (``field_steps_per_frame``).
 
         ``uv_norm`` (N,2) in [-1, 1] (see module doc), ``inv_depth`` (N,) > 0, ``weight`` (N,) >= 0.
         Samples with non-finite values, inv_depth <= 0 or weight <= 0 are ignored. A time earlier
@@ -304,79 +336,126 @@ class DepthFieldEstimator:
         if n_steps <= 0 or total == 0:
             return {"loss": float("nan"), "data_loss": float("nan"), "steps": 0, "ms": 0.0}
         t0 = time.perf_counter()
-        dev = self.device
-        tn_of_slot = torch.zeros(self.window, dtype=torch.float32)
-        for s in slots:
-            tn_of_slot[s] = self._time_to_tn(self._times[s])
-        tn_of_slot = tn_of_slot.to(dev)
-        t_lo = min(self._time_to_tn(self._times[s]) for s in slots)
-
-        slot_idx, row_idx = self._draw_batch(slots, total, n_steps)       # (S, B) each
+        # Everything random is drawn for all steps up front, so the loop below only runs the
+        # network: no host work and no host-device sync per step.
+        tn = {s: self._time_to_tn(self._times[s]) for s in slots}
+        tn_of_slot = torch.tensor([tn.get(s, 0.0) for s in range(self.window)]).to(self.device)
+        pad_to = self.batch if self._use_graph else None    # a CUDA graph needs fixed shapes
+        slot_idx, row_idx, valid = self._draw_batch(slots, total, n_steps, pad_to)  # (S, B)
         uv = self._uv[slot_idx, row_idx]                                    # (S, B, 2)
         x_data = torch.cat([uv, tn_of_slot[slot_idx].unsqueeze(-1)], -1)    # (S, B, 3)
         z_data = self._z[slot_idx, row_idx]
         w_data = self._w[slot_idx, row_idx]
+        if valid is not None:
+            w_data = w_data * valid
         w_data = w_data / w_data.sum(-1, keepdim=True).clamp_min(1e-12)  # weighted mean below
-        x_all = torch.cat([x_data, self._reg_points(n_steps, t_lo)], 1)     # (S, B + 6M, 3)
-        B, M = x_data.shape[1], self.reg_points
+        x_all = torch.cat([x_data, self._reg_points(n_steps, min(tn.values()))], 1)  # (S, B+6M, 3)
 
-        # Smoothness residuals as one small matrix product over the (6, M) stencil values
-        # (centre, +du, -du, +dv, -dv, -dt): rows = temporal first difference and the two
-        # spatial second differences, pre-scaled by sqrt(weight / M) so the squared sum is the
-        # weighted mean. Fewer autograd nodes per step
-        # than separate terms, which matters at this size (per-op overhead dominates on CPU).
-        a = math.sqrt(self.w_time / max(M, 1))
-        b = math.sqrt(self.w_space / max(M, 1))
-        stencil = torch.tensor([[a, 0, 0, 0, 0, -a],
-                                [-2 * b, b, b, 0, 0, 0],
-                                [-2 * b, 0, 0, b, b, 0]], dtype=torch.float32, device=dev)
-        use_reg = M > 0 and (a > 0 or b > 0)
-
-        self.net.train()
-        last = []
-        for k in range(n_steps):               # no host syncs in here (no .item(), no bool())
-            z = self.net.log_inv_depth(x_all[k])
-            data = (w_data[k] * nnf.huber_loss(z[:B], z_data[k], reduction="none",
-                                               delta=self.huber_delta)).sum()
-            loss = data
-            if use_reg:
-                loss = loss + (stencil @ z[B:].view(6, M)).square().sum()
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            if k == n_steps - 1:
-                last = [loss.detach(), data.detach()]
+        if self._use_graph:
+            last = self._run_graph(x_all, z_data, w_data)
+        else:
+            for k in range(n_steps):           # no host syncs in here (no .item(), no bool())
+                last = self._eager_step(x_all[k], z_data[k], w_data[k])
         self._steps_done += n_steps
         loss_v, data_v = torch.stack(last).tolist()   # the one sync per call
         return {"loss": loss_v, "data_loss": data_v, "steps": n_steps,
                 "ms": (time.perf_counter() - t0) * 1e3}
 
-    def _draw_batch(self, slots: list[int], total: int, n_steps: int):
-        """(slot, row) indices of each step's samples, drawn for all steps at once."""
+    def _loss(self, x: torch.Tensor, z_t: torch.Tensor, w_t: torch.Tensor):
+        """Robust data term on the first len(z_t) rows of x, smoothness on the remaining 6M."""
+        B, M = z_t.shape[0], self.reg_points
+        z = self.net.log_inv_depth(x)
+        data = (w_t * nnf.huber_loss(z[:B], z_t, reduction="none", delta=self.huber_delta)).sum()
+        loss = data
+        if self._use_reg:
+            loss = loss + (self._stencil @ z[B:].view(6, M)).square().sum()
+        return loss, data
+
+    def _eager_step(self, x, z_t, w_t):
+        """One Adam step; returns detached (loss, data loss). The autograd graph dies on
+        return (keeping it alive across steps would pin AccumulateGrad nodes to a stream)."""
+        self.opt.zero_grad(set_to_none=True)
+        loss, data = self._loss(x, z_t, w_t)
+        loss.backward()
+        self.opt.step()
+        return loss.detach(), data.detach()
+
+    # -------------------------------------------------------------- CUDA graph
+    def _run_graph(self, x_all, z_data, w_data):
+        """Replay one captured training step per row: on a GPU this small network is bound by
+        kernel-launch overhead (~100 launches per step), which a graph replay removes."""
+        if self._graph is None:
+            self._capture(x_all[0], z_data[0], w_data[0])
+        sx, sz, sw = self._static_in
+        for k in range(x_all.shape[0]):
+            sx.copy_(x_all[k])
+            sz.copy_(z_data[k])
+            sw.copy_(w_data[k])
+            self._graph.replay()
+        return tuple(t.detach().clone() for t in self._static_out)
+
+    def _capture(self, x, z_t, w_t) -> None:
+        self._static_in = (x.clone(), z_t.clone(), w_t.clone())
+        # Warm-up iterations (required before capture) must not change the field: snapshot
+        # parameters and optimiser state, restore them in place afterwards.
+        params = list(self.net.parameters())
+        saved_p = [p.detach().clone() for p in params]
+        saved_s = {id(t): t.clone() for st in self.opt.state.values() for t in st.values()
+                   if torch.is_tensor(t)}
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._eager_step(*self._static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self._graph):
+            loss, data = self._eager_step(*self._static_in)
+        self._static_out = (loss, data)   # detached views of the graph's memory
+        with torch.no_grad():
+            for p, v in zip(params, saved_p):
+                p.copy_(v)
+            for st in self.opt.state.values():
+                for t in st.values():
+                    if torch.is_tensor(t):
+                        t.copy_(saved_s[id(t)]) if id(t) in saved_s else t.zero_()
+
+    def _draw_batch(self, slots: list[int], total: int, n_steps: int, pad_to: int | None):
+        """(slot, row) indices of each step's samples, drawn for all steps at once, and a
+        (S, B) 0/1 validity mask when the batch is padded to ``pad_to`` rows (else None)."""
         dev = self.device
         if total <= self.batch:
             # Small window: every step sees every sample (deterministic, full-batch Adam).
             s_idx = np.concatenate([np.full(self._count[s], s) for s in slots])
             r_idx = np.concatenate([np.arange(self._count[s]) for s in slots])
+            valid = None
+            if pad_to is not None and total < pad_to:
+                pad = pad_to - total           # row 0 of a used slot, weight 0
+                s_idx = np.concatenate([s_idx, np.full(pad, slots[0])])
+                r_idx = np.concatenate([r_idx, np.zeros(pad, np.int64)])
+                valid = torch.cat([torch.ones(total), torch.zeros(pad)]).to(dev)
             s_idx = torch.from_numpy(s_idx).to(dev).expand(n_steps, -1)
             r_idx = torch.from_numpy(r_idx).to(dev).expand(n_steps, -1)
-            return s_idx, r_idx
+            return s_idx, r_idx, valid
         # Random minibatch: a share from the newest frame (the rendered time), the rest uniform
         # over all stored samples via the cumulative counts (no Python loop over samples).
         counts = torch.tensor([self._count[s] for s in slots], device=dev)
         slot_ids = torch.tensor(slots, device=dev)
         ends = counts.cumsum(0)
-        n_new = int(round(self.batch * self.newest_fraction)) if self._count[self._newest_slot] else 0
+        n_new = int(round(self.batch * self.newest_fraction))
+        if self._count[self._newest_slot] == 0:
+            n_new = 0
         j = torch.randint(total, (n_steps, self.batch - n_new), device=dev, generator=self._gen)
         pos = torch.searchsorted(ends, j, right=True)
         r_all = j - (ends - counts)[pos]
         s_all = slot_ids[pos]
         if n_new == 0:
-            return s_all, r_all
+            return s_all, r_all, None
         r_new = torch.randint(self._count[self._newest_slot], (n_steps, n_new), device=dev,
                               generator=self._gen)
         s_new = torch.full_like(r_new, self._newest_slot)
-        return torch.cat([s_new, s_all], 1), torch.cat([r_new, r_all], 1)
+        return torch.cat([s_new, s_all], 1), torch.cat([r_new, r_all], 1), None
 
     def _reg_points(self, n_steps: int, t_lo: float) -> torch.Tensor:
         """(S, 6M, 3): centre, +-du, +-dv and one frame back in time, for the smoothness terms."""
@@ -410,19 +489,22 @@ class DepthFieldEstimator:
             self._grid_cache[key] = g
         return g
 
+    def _clamped_tn(self, time_s: float) -> float:
+        # The field is only trained on [-1, 1] in time: no extrapolation.
+        return min(max(self._time_to_tn(float(time_s)), -1.0), 1.0)
+
     @torch.no_grad()
     def render(self, time_s: float, h: int, w: int) -> np.ndarray:
         """(h, w) float32 inverse depth at ``time_s`` on the corner-aligned pixel-centre grid.
 
-        All NaN while not :attr:`fitted`. Times after the newest frame are clamped to it (the
-        field is not trained to extrapolate).
+        All NaN while not :attr:`fitted`. Times outside the window's time span are clamped to
+        it (the field is not trained to extrapolate).
         """
         if not self.fitted:
             return np.full((h, w), np.nan, np.float32)
         g = self._grid(int(h), int(w))
         x = g.clone()
-        x[:, 2] = min(self._time_to_tn(float(time_s)), 1.0)
-        self.net.eval()
+        x[:, 2] = self._clamped_tn(time_s)
         inv = self.net(x)
         return inv.reshape(h, w).cpu().numpy().astype(np.float32, copy=False)
 
@@ -432,6 +514,5 @@ class DepthFieldEstimator:
         uv = torch.from_numpy(np.asarray(uv_norm, np.float32).reshape(-1, 2)).to(self.device)
         if not self.fitted:
             return np.full(uv.shape[0], np.nan, np.float32)
-        t = torch.full((uv.shape[0], 1), min(self._time_to_tn(float(time_s)), 1.0),
-                       device=self.device)
+        t = torch.full((uv.shape[0], 1), self._clamped_tn(time_s), device=self.device)
         return self.net(torch.cat([uv, t], 1)).cpu().numpy()

@@ -211,10 +211,12 @@ def bearings(xn: np.ndarray) -> np.ndarray:
 
 def parallax_deg(C1: np.ndarray, C2: np.ndarray, X: np.ndarray) -> np.ndarray:
     """Angle (degrees) at each point X (N, 3) between the rays to camera centres C1 and C2."""
-    a = X - C1
-    b = X - C2
-    cosang = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-300)
-    return np.degrees(np.arccos(np.clip(cosang, -1.0, 1.0)))
+    return _angle_deg(X - C1, X - C2)
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angle between row vectors; atan2(|a x b|, a.b) keeps full precision at small angles."""
+    return np.degrees(np.arctan2(np.linalg.norm(np.cross(a, b), axis=1), np.sum(a * b, axis=1)))
 
 
 def ray_angle_deg(R_2_1: np.ndarray, xn1: np.ndarray, xn2: np.ndarray) -> np.ndarray:
@@ -222,9 +224,7 @@ def ray_angle_deg(R_2_1: np.ndarray, xn1: np.ndarray, xn2: np.ndarray) -> np.nda
 
     A translation-free measure of parallax, usable before any point is triangulated.
     """
-    b1 = bearings(xn1) @ R_2_1.T
-    b2 = bearings(xn2)
-    return np.degrees(np.arccos(np.clip(np.sum(b1 * b2, axis=1), -1.0, 1.0)))
+    return _angle_deg(bearings(xn1) @ R_2_1.T, bearings(xn2))
 
 
 def essential_from_pose(T_2_1: np.ndarray) -> np.ndarray:

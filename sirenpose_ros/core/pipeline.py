@@ -28,14 +28,13 @@ from sirenpose_ros.core.config import Config, make_config
 from sirenpose_ros.core.frontend import KLTFrontend
 from sirenpose_ros.core.graph import KeypointGraph
 from sirenpose_ros.core.params import ParamSpec
-from sirenpose_ros.core.types import Cloud, Frame, FrameResult, TrackingState
+from sirenpose_ros.core.types import Frame, FrameResult, TrackingState
 from sirenpose_ros.core.window import SlidingWindowEstimator
 
 PARAMS = [
     ParamSpec("pipeline_max_image_width", 640, "Images wider than this are downscaled for processing (pixels); keypoints are still reported in input pixels.", 64, 8192),
     ParamSpec("pipeline_blas_threads", 1, "OpenBLAS threads for the estimator's small matrices (1 avoids thread contention that made 40x100 products 100x slower on a busy 2-core CPU); 0 leaves the library default.", 0, 256),
     ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
-    ParamSpec("pipeline_static_threshold", 0.5, "Cloud points below this dynamic probability are static and fused into the map on keyframes.", 0.0, 1.0),
 ]
 
 
@@ -65,10 +64,6 @@ def limit_blas_threads(n: int) -> bool:
                 done = True
                 break
     return done
-
-
-def _subset(c: Cloud, keep: np.ndarray) -> Cloud:
-    return Cloud(c.xyz[keep], c.rgb[keep], c.dynamic[keep], c.velocity[keep])
 
 
 class Pipeline:
@@ -177,11 +172,11 @@ class Pipeline:
         timings["field"] = 0.0
         timings["cloud"] = 0.0
         if wres.state == TrackingState.TRACKING and self.field is not None:
-            self._dense(frame, cam, px, xn, g.p_dynamic, wres, result, timings)
+            self._dense(frame, cam, xn, g.p_dynamic, wres, result, timings)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return result
 
-    def _dense(self, frame, cam, px, xn, p_dyn, wres, result, timings) -> None:
+    def _dense(self, frame, cam, xn, p_dyn, wres, result, timings) -> None:
         cfg = self.cfg
         W, H = cam.width, cam.height
         t0 = time.perf_counter()
@@ -203,22 +198,28 @@ class Pipeline:
         result.depth = dense_depth
         result.depth_scale = frame.camera.width / w
 
+        if not cfg.cloud_enabled:
+            return
         t0 = time.perf_counter()
-        # The field's grid is corner-aligned: small pixel j sits at working pixel j (W-1)/(w-1).
-        small_cam = cloud_mod.scale_intrinsics(cam, h, w)
+        # The field's grid is corner-aligned (small pixel j at working pixel j (W-1)/(w-1)) and
+        # lives in undistorted pinhole coordinates: back-project with the matching pinhole K.
+        K_small = cloud_mod.scale_intrinsics(cam.K, (H, W), (h, w))
         rgb_small = None
         if frame.rgb is not None:
+            # Area averaging (cv2.resize grid); it differs from the corner-aligned grid by under
+            # half a small pixel, which only matters for colour at depth edges.
             rgb_small = cv2.resize(frame.rgb, (w, h), interpolation=cv2.INTER_AREA)
-        px_small = np.stack([px[:, 0] * (w - 1) / (W - 1), px[:, 1] * (h - 1) / (H - 1)], axis=1)
+        u = (cam.fx * xn[:, 0] + cam.cx) * (w - 1) / (W - 1)
+        v = (cam.fy * xn[:, 1] + cam.cy) * (h - 1) / (H - 1)
         radius = cfg.pipeline_dynamic_radius_px * (w - 1) / (W - 1)
-        dyn = cloud_mod.densify_keypoint_values(px_small.astype(np.float32),
-                                                p_dyn.reshape(-1, 1).astype(np.float32), h, w, radius)[..., 0]
+        dyn = cloud_mod.densify_keypoint_values(np.stack([u, v], axis=1), p_dyn.astype(np.float32),
+                                                h, w, radius)[..., 0]
         dyn = np.where(np.isfinite(dyn), dyn, cfg.graph_prior).astype(np.float32)
-        # Velocity: static points do not move; dynamic keypoint velocities are not estimated yet.
-        vel = np.zeros((h, w, 3), np.float32)
-        cloud = cloud_mod.backproject(dense_depth, small_cam, wres.T_world_cam, rgb_small, dyn, vel)
+        # Velocity: zero; per-point motion of dynamic keypoints is not estimated yet.
+        cloud = cloud_mod.backproject(dense_depth, K_small, wres.T_world_cam, rgb_small, dyn, None,
+                                      max_depth=cfg.cloud_max_depth)
         result.cloud = cloud
         if wres.is_keyframe:
-            self.voxels.insert(_subset(cloud, cloud.dynamic < cfg.pipeline_static_threshold))
+            self.voxels.insert(cloud)          # fuses only points below cloud_dynamic_threshold
             result.map_cloud = self.voxels.cloud()
         timings["cloud"] = (time.perf_counter() - t0) * 1e3

@@ -61,6 +61,8 @@ class FrameResult:
     keypoints: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (K, 2) px
     keypoint_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     dynamic_prob: np.ndarray = field(default_factory=lambda: np.zeros(0))   # (K,)
+    keypoint_depth: np.ndarray | None = None    # (K,) depth of each keypoint's landmark in this
+                                                # camera (estimate units), NaN where none
     depth: np.ndarray | None = None             # h x w depth (reduced resolution), NaN = unknown
     depth_scale: float = 1.0                    # depth pixel -> full-res pixel scale factor
     cloud: Cloud | None = None                  # current dense cloud (static + dynamic), world

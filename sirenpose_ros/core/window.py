@@ -40,7 +40,8 @@ PARAMS = [
     ParamSpec("window_kf_max_frames", 15, "New keyframe at least every this many frames.", 1, 1000),
     ParamSpec("window_ba_iterations", 5, "Levenberg-Marquardt iterations of the windowed bundle adjustment (keyframes only).", 0, 100),
     ParamSpec("window_pose_iterations", 6, "Gauss-Newton iterations of the per-frame pose refinement.", 1, 50),
-    ParamSpec("window_huber_px", 1.0, "Huber threshold of the robust reprojection loss (pixels).", 0.05, 50.0),
+    ParamSpec("window_huber_px", 1.0, "Scale of the robust reprojection loss (pixels): Huber threshold, or Cauchy scale.", 0.05, 50.0),
+    ParamSpec("window_robust_loss", "cauchy", "Robust loss of pose refinement and bundle adjustment. 'cauchy' fades out large residuals (moving points barely pull the pose before they are flagged); 'huber' bounds their influence only linearly.", choices=("huber", "cauchy")),
     ParamSpec("window_inlier_px", 2.5, "Reprojection error (pixels) below which an observation is an inlier.", 0.1, 50.0),
     ParamSpec("window_min_inliers", 15, "Tracking is lost below this many pose inliers.", 6, 1000),
     ParamSpec("window_init_min_parallax_deg", 1.0, "Median rotation-compensated parallax (degrees) needed to initialise.", 0.1, 45.0),
@@ -116,6 +117,19 @@ def _proj_jacobians(Xc: np.ndarray, f: float):
     return Jx, Jp
 
 
+def robust_weights(err: np.ndarray, scale: float, loss: str) -> np.ndarray:
+    """IRLS weights of the robust loss for residual norms ``err``."""
+    if loss == "cauchy":
+        return 1.0 / (1.0 + (err / scale) ** 2)
+    return _huber_weights(err, scale)
+
+
+def robust_cost(err: np.ndarray, scale: float, loss: str) -> np.ndarray:
+    if loss == "cauchy":
+        return 0.5 * scale * scale * np.log1p((err / scale) ** 2)
+    return _huber_cost(err, scale)
+
+
 def _huber_weights(err: np.ndarray, delta: float) -> np.ndarray:
     return np.where(err <= delta, 1.0, delta / np.maximum(err, 1e-12))
 
@@ -125,7 +139,7 @@ def _huber_cost(err: np.ndarray, delta: float) -> np.ndarray:
 
 
 def refine_pose(T_cw: np.ndarray, X: np.ndarray, xn: np.ndarray, w: np.ndarray, f: float,
-                huber_px: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+                scale_px: float, iterations: int, loss: str = "huber") -> tuple[np.ndarray, np.ndarray]:
     """Pose-only robust Gauss-Newton. Returns the refined T_cam_world and the 6x6 information
     matrix (pixels^-2, left perturbation of T_cam_world) at the solution."""
     T = T_cw.copy()
@@ -138,7 +152,7 @@ def refine_pose(T_cw: np.ndarray, X: np.ndarray, xn: np.ndarray, w: np.ndarray, 
         Xc_ok = Xc[ok]
         r = (Xc_ok[:, :2] / Xc_ok[:, 2:3] - xn[ok]) * f
         _, J = _proj_jacobians(Xc_ok, f)
-        wt = w[ok] * _huber_weights(np.linalg.norm(r, axis=1), huber_px)
+        wt = w[ok] * robust_weights(np.linalg.norm(r, axis=1), scale_px, loss)
         H = np.einsum("n,nai,naj->ij", wt, J, J)
         g = np.einsum("n,nai,na->i", wt, J, r)
         try:
@@ -165,7 +179,7 @@ def sampson_residuals(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarr
 
 
 def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarray,
-                         huber: float, iterations: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         huber: float, iterations: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robust Gauss-Newton on the Sampson distance over all inliers (5 DOF: rotation and the
     direction of t). RANSAC returns the best *minimal-sample* model, which on a short baseline
     can be off by degrees; this least-squares polish uses every correspondence.
@@ -175,29 +189,35 @@ def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.nd
     R, t = R.copy(), t / np.linalg.norm(t)
     eps = 1e-7
 
-    def perturb(R, t, d):
+    def cross(u, v):      # 3-vectors; np.cross's generality costs ~20 us per call
+        return np.array([u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]])
+
+    def perturb(R, t, d, basis):
         # t moves in the plane orthogonal to itself, then is renormalised.
-        a = np.cross(t, [1.0, 0, 0] if abs(t[0]) < 0.9 else [0, 1.0, 0])
-        a /= np.linalg.norm(a)
-        b = np.cross(t, a)
-        t2 = t + d[3] * a + d[4] * b
+        t2 = t + d[3] * basis[0] + d[4] * basis[1]
         return geo.so3_exp(d[:3]) @ R, t2 / np.linalg.norm(t2)
+
+    def tangent(t):
+        a = cross(t, np.array([1.0, 0, 0]) if abs(t[0]) < 0.9 else np.array([0, 1.0, 0]))
+        a /= np.linalg.norm(a)
+        return a, cross(t, a)
 
     r = sampson_residuals(R, t, x1, x2)
     cost = np.sum(_huber_cost(np.abs(r), huber))
     lam = 1e-4
     for _ in range(iterations):
+        basis = tangent(t)
         J = np.empty((r.size, 5))
         for j in range(5):        # five forward differences, each vectorised over all points
             d = np.zeros(5)
             d[j] = eps
-            J[:, j] = (sampson_residuals(*perturb(R, t, d), x1, x2) - r) / eps
+            J[:, j] = (sampson_residuals(*perturb(R, t, d, basis), x1, x2) - r) / eps
         w = _huber_weights(np.abs(r), huber)
         H = (J * w[:, None]).T @ J
         g = (J * w[:, None]).T @ r
         while lam < 1e4:
             step = -np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-30), g)
-            R2, t2 = perturb(R, t, step)
+            R2, t2 = perturb(R, t, step, basis)
             r2 = sampson_residuals(R2, t2, x1, x2)
             cost2 = np.sum(_huber_cost(np.abs(r2), huber))
             if cost2 < cost:
@@ -205,7 +225,7 @@ def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.nd
             lam *= 10.0
         if cost2 >= cost:
             break
-        converged = cost - cost2 < 1e-10 * cost
+        converged = cost - cost2 < 1e-7 * cost
         R, t, r, cost = R2, t2, r2, cost2
         lam = max(lam / 10.0, 1e-8)
         if converged:
@@ -318,10 +338,14 @@ class SlidingWindowEstimator:
         ref_xn = ref["xn"][order]
         usable = hit & (p_prior < c.window_dynamic_threshold)
         if hit.sum() < c.window_init_min_points:
-            # The reference is fading out of view: restart from this frame. Its pose is only known
-            # if it is the first initialisation (identity world); after a loss the last good pose
-            # is reused, a guess that the next map's poses will be chained from.
-            self._ref = dict(ids=ids, xn=xn, T_wc=ref["T_wc"], depth_target=ref["depth_target"], stamp=stamp_ns)
+            # The reference is fading out of view: restart from this frame. Before the first
+            # initialisation the world is simply re-anchored here (identity); after a loss this
+            # frame's pose is unknown and is extrapolated from the last tracked motion (constant
+            # velocity), a guess that the next map's poses will be chained from.
+            T_wc = np.eye(4)
+            if self.state == TrackingState.LOST and self._history:
+                T_wc = geo.invert(self._predict(stamp_ns))
+            self._ref = dict(ids=ids, xn=xn, T_wc=T_wc, depth_target=ref["depth_target"], stamp=stamp_ns)
             return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
                                 message="initialising: reference frame renewed")
         x1 = ref_xn[k[usable]]
@@ -410,6 +434,11 @@ class SlidingWindowEstimator:
             inl = np.abs(sampson_residuals(R, t.ravel(), x1, x2)) < tau
             if inl.sum() < c.window_init_min_points:
                 continue
+            if not cands and np.median(geo.ray_angle_deg(R, x1, x2)) < c.window_init_min_parallax_deg:
+                # Cheap early exit: too little rotation-free motion. The median is over all
+                # correspondences, not only the model's inliers, so that points which barely
+                # move (and fit any model) count against initialising.
+                return "waiting for parallax"
             R, t, H = refine_relative_pose(R, t.ravel(), x1[inl], x2[inl], 0.5 * tau)
             r = np.abs(sampson_residuals(R, t, x1, x2))
             inl = r < tau
@@ -483,7 +512,7 @@ class SlidingWindowEstimator:
         if static.sum() < c.window_min_inliers:
             return None
         T_pred = self._predict(stamp_ns)
-        T, H = refine_pose(T_pred, X, x, w, f, c.window_huber_px, c.window_pose_iterations)
+        T, H = self._refine(T_pred, X, x, w)
         err = np.linalg.norm(geo.reprojection_error(T, X, x), axis=1) * f
         inl = (err < c.window_inlier_px) & static
         if inl.sum() < max(c.window_min_inliers, 0.6 * static.sum()):
@@ -498,7 +527,7 @@ class SlidingWindowEstimator:
             T0 = geo.make_T(cv2.Rodrigues(rvec)[0], tvec.ravel())
             sel = idx[rin.ravel()]
             T0, _ = refine_pose(T0, X[sel], x[sel], w[sel], f, c.window_huber_px, c.window_pose_iterations)
-            T, H = refine_pose(T0, X, x, w, f, c.window_huber_px, c.window_pose_iterations)
+            T, H = self._refine(T0, X, x, w)
             err = np.linalg.norm(geo.reprojection_error(T, X, x), axis=1) * f
             inl = (err < c.window_inlier_px) & static
             if inl.sum() < c.window_min_inliers:
@@ -512,6 +541,16 @@ class SlidingWindowEstimator:
         inliers[np.flatnonzero(hit)[inl]] = True
         self._pending.update(T_cw=T)
         return PoseEstimate(TrackingState.TRACKING, geo.invert(T), residual, has_lm, inliers)
+
+    def _refine(self, T, X, x, w):
+        """Pose-only refinement: Huber first (convex-ish, safe from a rough prediction), then the
+        configured loss from there."""
+        c = self.cfg
+        n = int(c.window_pose_iterations)
+        if c.window_robust_loss == "huber":
+            return refine_pose(T, X, x, w, self._f, c.window_huber_px, n, "huber")
+        T, _ = refine_pose(T, X, x, w, self._f, c.window_huber_px, max(n // 2, 1), "huber")
+        return refine_pose(T, X, x, w, self._f, c.window_huber_px, max(n - n // 2, 1), c.window_robust_loss)
 
     def _residuals(self, ids, xn, T_cw) -> tuple[np.ndarray, np.ndarray]:
         """Per-track residual vector (pixels) against the static world: reprojection error for
@@ -641,6 +680,7 @@ class SlidingWindowEstimator:
         F = free.size
         Ts = np.stack([kf.T_cw for kf in self.keyframes])
         delta = c.window_huber_px
+        loss = c.window_robust_loss
 
         def residuals(Ts, X):
             Xc = np.einsum("nij,nj->ni", Ts[kfi, :3, :3], X[lmc]) + Ts[kfi, :3, 3]
@@ -650,7 +690,7 @@ class SlidingWindowEstimator:
             return Xc, r
 
         def cost(r):
-            return float(np.sum(wdyn * _huber_cost(np.linalg.norm(r, axis=1), delta)))
+            return float(np.sum(wdyn * robust_cost(np.linalg.norm(r, axis=1), delta, loss)))
 
         Xc, r = residuals(Ts, X)
         cur_cost = cost(r)
@@ -661,7 +701,7 @@ class SlidingWindowEstimator:
             front = Xc[:, 2] > 1e-9
             Jx, Jp = _proj_jacobians(np.where(front[:, None], Xc, [0, 0, 1.0]), f)
             Jl = Jx @ Ts[kfi, :3, :3]
-            wt = wdyn * _huber_weights(np.linalg.norm(r, axis=1), delta) * front
+            wt = wdyn * robust_weights(np.linalg.norm(r, axis=1), delta, loss) * front
             WJl = Jl * wt[:, None, None]
             WJp = Jp * wt[:, None, None]
             Hll = np.zeros((M, 3, 3))

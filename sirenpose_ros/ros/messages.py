@@ -34,13 +34,48 @@ def ns_to_stamp(ns: int) -> Time:
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
-def decode_image_msg(msg: Image | CompressedImage, significant_bits: int = 16
-                     ) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_image_msg(msg: Image | CompressedImage, significant_bits: int = 16,
+                     max_pixels: int = 4096 * 4096) -> tuple[np.ndarray, np.ndarray | None]:
     """(gray, rgb|None); raises ImageDecodeError with a message fit for the log."""
     if isinstance(msg, CompressedImage):
-        return decode_compressed(msg.format, msg.data)
+        return decode_compressed(msg.format, msg.data, max_pixels=max_pixels)
     return decode_image(msg.encoding, msg.width, msg.height, msg.step, msg.data,
-                        bool(msg.is_bigendian), significant_bits=significant_bits)
+                        bool(msg.is_bigendian), max_pixels, significant_bits=significant_bits)
+
+
+def depth_image_metres(msg: Image) -> np.ndarray:
+    """An aligned depth image in metres (16UC1/mono16: millimetres, 32FC1: metres; REP-118).
+    Zero and non-finite depths become NaN. Raises ValueError on other encodings or sizes."""
+    enc = msg.encoding.lower()
+    if enc in ("16uc1", "mono16"):
+        dtype, factor = np.dtype(">u2" if msg.is_bigendian else "<u2"), 1e-3
+    elif enc == "32fc1":
+        dtype, factor = np.dtype(">f4" if msg.is_bigendian else "<f4"), 1.0
+    else:
+        raise ValueError(f"depth encoding '{msg.encoding}' not supported; expected 16UC1 (mm) or 32FC1 (m)")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0 or step < w * dtype.itemsize or len(msg.data) < step * h:
+        raise ValueError(f"depth image {w}x{h} step {step} does not fit its {len(msg.data)} bytes")
+    rows = np.frombuffer(msg.data, np.uint8, count=step * h).reshape(h, step)
+    depth = rows[:, : w * dtype.itemsize].copy().view(dtype).reshape(h, w).astype(np.float32) * factor
+    depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+    return depth
+
+
+def transform_to_matrix(tf) -> np.ndarray:
+    """geometry_msgs/Transform -> 4x4."""
+    from sirenpose_ros.io.tum import quat_to_matrix
+    T = np.eye(4)
+    q = tf.rotation
+    T[:3, :3] = quat_to_matrix(np.array([q.x, q.y, q.z, q.w]))
+    T[:3, 3] = [tf.translation.x, tf.translation.y, tf.translation.z]
+    return T
+
+
+def transform_cloud(cloud: Cloud, T: np.ndarray) -> Cloud:
+    """The same points in another frame (4x4 ``T``; its 3x3 part may carry a scale)."""
+    R, t = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
+    return Cloud(cloud.xyz @ R.T + t, cloud.rgb, cloud.dynamic, cloud.velocity @ R.T)
 
 
 def camera_model_from_info(msg: CameraInfo) -> CameraModel:
@@ -94,19 +129,15 @@ def odometry_msg(T_odom_base: np.ndarray, stamp: Time, odom_frame: str, base_fra
     return msg
 
 
-def cloud_to_array(cloud: Cloud, T: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+def cloud_to_array(cloud: Cloud, T: np.ndarray | None = None) -> np.ndarray:
     """Cloud -> structured array in CLOUD_DTYPE, optionally transformed by 4x4 ``T``."""
-    n = len(cloud)
-    arr = out[:n] if out is not None and out.shape[0] >= n else np.empty(n, CLOUD_DTYPE)
-    xyz, vel = cloud.xyz, cloud.velocity
     if T is not None:
-        R, t = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
-        xyz = xyz @ R.T + t
-        vel = vel @ R.T
-    arr["x"], arr["y"], arr["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+        cloud = transform_cloud(cloud, T)
+    arr = np.empty(len(cloud), CLOUD_DTYPE)
+    arr["x"], arr["y"], arr["z"] = cloud.xyz[:, 0], cloud.xyz[:, 1], cloud.xyz[:, 2]
     arr["rgb"] = cloud.rgb
     arr["dynamic"] = cloud.dynamic
-    arr["vx"], arr["vy"], arr["vz"] = vel[:, 0], vel[:, 1], vel[:, 2]
+    arr["vx"], arr["vy"], arr["vz"] = cloud.velocity[:, 0], cloud.velocity[:, 1], cloud.velocity[:, 2]
     return arr
 
 

@@ -8,20 +8,21 @@ responsive. Every output carries the input image's stamp.
 from __future__ import annotations
 
 import collections
+import os
 import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from nav_msgs.msg import Odometry, Path
+from nav_msgs.msg import Odometry, Path as PathMsg
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
@@ -29,9 +30,11 @@ from tf2_msgs.msg import TFMessage
 from sirenpose_ros.core.config import make_config, pipeline_params
 from sirenpose_ros.core.params import ParamError, ParamSpec, validate
 from sirenpose_ros.core.pipeline import Pipeline
+from sirenpose_ros.core.scale import ScaleEstimator
 from sirenpose_ros.core.types import Frame, FrameResult, TrackingState
 from sirenpose_ros.ros import messages as M
 from sirenpose_ros.ros.node_params import NODE_PARAMS
+from sirenpose_ros.ros.tf_buffer import TransformStore
 
 # Optical frame (z forward, x right, y down) expressed in a camera body frame (x forward, y left,
 # z up), REP-103.
@@ -45,6 +48,14 @@ def rpy_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
     return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
                      [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
                      [-sp, cp * sr, cp * cr]])
+
+
+def extrinsic_from_params(p: dict) -> np.ndarray:
+    """T_base_optical from the camera body pose parameters."""
+    T = np.eye(4)
+    T[:3, :3] = rpy_matrix(p["camera_roll"], p["camera_pitch"], p["camera_yaw"]) @ R_BODY_OPTICAL
+    T[:3, 3] = [p["camera_x"], p["camera_y"], p["camera_z"]]
+    return T
 
 
 def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -61,17 +72,38 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return desc
 
 
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _gpu_mb() -> float:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.memory_allocated() / 2**20
+    return 0.0
+
+
 class Counters:
-    """Monotonic event counters shown in /diagnostics (thread-safe enough: += under the GIL)."""
+    """Monotonic event counters shown in /diagnostics."""
     NAMES = ("frames_received", "frames_processed", "frames_dropped", "bad_image", "size_mismatch",
-             "no_camera_info", "bad_camera_info", "time_jump_back", "duplicate_stamp",
-             "pipeline_error", "resets", "tracking_lost")
+             "no_camera_info", "bad_camera_info", "camera_info_unmatched", "time_jump_back",
+             "duplicate_stamp", "pipeline_error", "gpu_out_of_memory", "resets", "tracking_lost",
+             "bad_depth")
 
     def __init__(self) -> None:
         self.values = dict.fromkeys(self.NAMES, 0)
+        self._lock = threading.Lock()
 
     def inc(self, name: str, n: int = 1) -> None:
-        self.values[name] += n
+        with self._lock:
+            self.values[name] += n
 
 
 class SirenPoseNode(Node):
@@ -80,6 +112,7 @@ class SirenPoseNode(Node):
         self.p = self._declare(NODE_PARAMS)
         self.core_cfg = make_config(self._declare(pipeline_params()))
         self.pipeline = Pipeline(self.core_cfg)
+        self.scale = ScaleEstimator(self.core_cfg)
 
         self.counters = Counters()
         self._slot: Image | CompressedImage | None = None
@@ -87,35 +120,35 @@ class SirenPoseNode(Node):
         self._cond = threading.Condition()
         self._stop = False
         self._reset_requested = False
-        self._camera = None
+        self._infos: collections.deque = collections.deque(maxlen=30)   # (stamp_ns, CameraModel)
         self._camera_error = ""
+        self._depths: collections.deque = collections.deque(maxlen=10)  # Image messages
         self._last_stamp_ns: int | None = None
         self._state = TrackingState.INITIALIZING
         self._in_times: collections.deque = collections.deque(maxlen=200)
         self._out_times: collections.deque = collections.deque(maxlen=200)
         self._latency_ms: collections.deque = collections.deque(maxlen=500)
         self._last_timings: dict[str, float] = {}
-        self._path = Path()
-        self._static_tf_sent_for: str | None = None
+        self._path = PathMsg()
+        self._trajectory: collections.deque = collections.deque(maxlen=self.p["trajectory_max_poses"])
+        self._last_map = None
         self._last_log: dict[str, float] = {}
+        self._io_lock = threading.Lock()   # trajectory / map snapshots for the save services
 
-        t_base_body = np.eye(4)
-        t_base_body[:3, :3] = rpy_matrix(self.p["camera_roll"], self.p["camera_pitch"], self.p["camera_yaw"])
-        t_base_body[:3, 3] = [self.p["camera_x"], self.p["camera_y"], self.p["camera_z"]]
-        t_body_opt = np.eye(4)
-        t_body_opt[:3, :3] = R_BODY_OPTICAL
-        # The pipeline's world frame is the first camera's optical frame; odom is the first base
-        # frame, so odom <- world is the fixed base <- camera extrinsic.
-        self.T_base_cam = t_base_body @ t_body_opt
-        self.T_cam_base = np.linalg.inv(self.T_base_cam)
+        self.tf_store = TransformStore()
+        self.T_base_cam: np.ndarray | None = None
+        self._camera_frame: str | None = None
+        if self.p["extrinsics_source"] == "parameters":
+            self._set_extrinsic(extrinsic_from_params(self.p), "parameters")
 
         self._make_interfaces()
         self._worker = threading.Thread(target=self._work, name="sirenpose-worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
             f"sirenpose ready: image '{self._image_topic}' ({self.p['image_transport']}, "
-            f"{self.p['input_qos']} QoS), camera_info '{self._info_topic}', "
-            f"odom '{self.p['odom_frame']}' -> base '{self.p['base_frame']}'")
+            f"{self.p['input_qos']} QoS), camera_info '{self._info_topic}', odom "
+            f"'{self.p['odom_frame']}' -> base '{self.p['base_frame']}', scale source "
+            f"'{self.core_cfg.scale_source}', runtime {getattr(self.pipeline, 'runtime', 'cpu')}")
 
     # ----------------------------------------------------------------------------- set-up
     def _declare(self, specs: list[ParamSpec]) -> dict:
@@ -130,13 +163,9 @@ class SirenPoseNode(Node):
 
     def _make_interfaces(self) -> None:
         depth = self.p["input_queue_depth"]
-        if self.p["input_qos"] == "sensor_data":
-            in_qos = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
-                                durability=qos_profile_sensor_data.durability,
-                                history=HistoryPolicy.KEEP_LAST, depth=depth)
-        else:
-            in_qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
-                                history=HistoryPolicy.KEEP_LAST, depth=depth)
+        reliability = (ReliabilityPolicy.BEST_EFFORT if self.p["input_qos"] == "sensor_data"
+                       else ReliabilityPolicy.RELIABLE)
+        in_qos = QoSProfile(reliability=reliability, history=HistoryPolicy.KEEP_LAST, depth=depth)
         if self.p["image_transport"] == "compressed":
             self._image_topic = "image/compressed"
             self.create_subscription(CompressedImage, self._image_topic, self._on_image, in_qos)
@@ -145,21 +174,31 @@ class SirenPoseNode(Node):
             self.create_subscription(Image, self._image_topic, self._on_image, in_qos)
         self._info_topic = "camera_info"
         self.create_subscription(CameraInfo, self._info_topic, self._on_camera_info, in_qos)
+        if self.core_cfg.scale_source == "depth":
+            self.create_subscription(Image, "depth", self._depths.append, in_qos)
 
         out_qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
                              history=HistoryPolicy.KEEP_LAST, depth=10)
         latched = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              history=HistoryPolicy.KEEP_LAST, depth=1)
+        tf_qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
+                            history=HistoryPolicy.KEEP_LAST, depth=100)
+        if self.p["extrinsics_source"] != "parameters":
+            self.create_subscription(TFMessage, "/tf_static", self._on_tf, QoSProfile(
+                reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                history=HistoryPolicy.KEEP_LAST, depth=100))
+            self.create_subscription(TFMessage, "/tf", self._on_tf, tf_qos)
         self.pub_odom = self.create_publisher(Odometry, "odom", out_qos)
-        self.pub_path = self.create_publisher(Path, "path", out_qos)
+        self.pub_path = self.create_publisher(PathMsg, "path", out_qos)
         self.pub_cloud = self.create_publisher(PointCloud2, "cloud", out_qos)
         self.pub_map = self.create_publisher(PointCloud2, "map_cloud", latched)
-        self.pub_tf = self.create_publisher(TFMessage, "/tf", QoSProfile(
-            reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=100))
+        self.pub_tf = self.create_publisher(TFMessage, "/tf", tf_qos)
         self.pub_tf_static = self.create_publisher(TFMessage, "/tf_static", latched)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", out_qos)
         self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_service(Trigger, "~/save_trajectory", self._on_save_trajectory)
+        self.create_service(Trigger, "~/save_map", self._on_save_map)
         self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics)
 
     # ----------------------------------------------------------------------------- callbacks
@@ -182,8 +221,15 @@ class SirenPoseNode(Node):
             self._camera_error = str(exc)
             self._warn("camera_info", f"rejected CameraInfo: {exc}")
             return
-        self._camera = camera
+        self._infos.append((M.stamp_to_ns(msg.header.stamp), camera))
         self._camera_error = ""
+
+    def _on_tf(self, msg: TFMessage) -> None:
+        for t in msg.transforms:
+            # Our own odom -> base transforms are not extrinsics; skip them cheaply.
+            if t.child_frame_id != self.p["base_frame"]:
+                self.tf_store.set(t.header.frame_id, t.child_frame_id,
+                                  M.transform_to_matrix(t.transform))
 
     def _on_reset(self, request, response):
         self._reset_requested = True
@@ -192,6 +238,35 @@ class SirenPoseNode(Node):
         response.success = True
         response.message = "pipeline reset requested; it re-initialises on the next frames"
         return response
+
+    def _on_save_trajectory(self, request, response):
+        from sirenpose_ros.io.tum import write_tum
+        with self._io_lock:
+            rows = list(self._trajectory)
+        if not rows:
+            response.success, response.message = False, "no poses yet"
+            return response
+        path = self._output_path("trajectory.tum")
+        write_tum(path, np.array([r[0] for r in rows], np.int64), np.stack([r[1] for r in rows]))
+        response.success, response.message = True, f"wrote {len(rows)} poses (odom -> base) to {path}"
+        return response
+
+    def _on_save_map(self, request, response):
+        from sirenpose_ros.io.ply import write_ply
+        with self._io_lock:
+            cloud = self._last_map
+        if cloud is None or not len(cloud):
+            response.success, response.message = False, "no map yet"
+            return response
+        path = self._output_path("map.ply")
+        write_ply(path, cloud)
+        response.success, response.message = True, f"wrote {len(cloud)} points (frame odom) to {path}"
+        return response
+
+    def _output_path(self, name: str) -> Path:
+        folder = Path(os.path.expanduser(self.p["output_dir"]))
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
 
     def _warn(self, key: str, text: str) -> None:
         """Rate-limited warning, one stream per ``key`` (rclpy's throttle is per call site)."""
@@ -217,17 +292,33 @@ class SirenPoseNode(Node):
                 continue
             try:
                 self._process(msg, received)
-            except Exception as exc:  # never let a bug kill the worker: count, log, reset
+            except Exception as exc:  # never let a bug kill the worker: count, log, recover
+                if type(exc).__name__ == "OutOfMemoryError":
+                    self.counters.inc("gpu_out_of_memory")
+                    how = self.pipeline.degrade() if hasattr(self.pipeline, "degrade") else "reset"
+                    self.get_logger().warning(f"GPU out of memory: {how}")
+                    self._reset("GPU out of memory")
+                    continue
                 self.counters.inc("pipeline_error")
                 self.get_logger().error(f"pipeline error, resetting: {exc}\n{traceback.format_exc()}")
                 self._reset("pipeline error")
 
     def _reset(self, why: str) -> None:
         self.pipeline.reset()
+        self.scale.reset()
         self._path.poses.clear()
         self._state = TrackingState.INITIALIZING
         self.counters.inc("resets")
         self.get_logger().info(f"pipeline reset: {why}")
+
+    def _camera_for(self, stamp_ns: int):
+        if not self._infos:
+            return None
+        tol = self.p["camera_info_tolerance"]
+        if tol <= 0:
+            return self._infos[-1][1]
+        stamp, camera = min(self._infos, key=lambda sc: abs(sc[0] - stamp_ns))
+        return camera if abs(stamp - stamp_ns) <= tol * 1e9 else None
 
     def _process(self, msg, received: float) -> None:
         stamp_ns = M.stamp_to_ns(msg.header.stamp)
@@ -241,16 +332,22 @@ class SirenPoseNode(Node):
                 self.counters.inc("duplicate_stamp")
                 self._warn("duplicate", f"duplicate image stamp {stamp_ns} ns: frame skipped")
                 return
-        camera = self._camera
+        camera = self._camera_for(stamp_ns)
         if camera is None:
-            self.counters.inc("no_camera_info")
-            why = f" (last one rejected: {self._camera_error})" if self._camera_error else ""
-            self._warn("no_info", f"no valid CameraInfo on '{self._info_topic}' yet{why}: "
-                       "frame skipped")
+            if self._infos:
+                self.counters.inc("camera_info_unmatched")
+                self._warn("info_match", f"no CameraInfo within camera_info_tolerance="
+                           f"{self.p['camera_info_tolerance']} s of image stamp {stamp_ns}: skipped")
+            else:
+                self.counters.inc("no_camera_info")
+                why = f" (last one rejected: {self._camera_error})" if self._camera_error else ""
+                self._warn("no_info", f"no valid CameraInfo on '{self._info_topic}' yet{why}: "
+                           "frame skipped")
             return
         t0 = time.perf_counter()
         try:
-            gray, rgb = M.decode_image_msg(msg, self.core_cfg.image_16bit_significant_bits)
+            gray, rgb = M.decode_image_msg(msg, self.core_cfg.image_16bit_significant_bits,
+                                           self.p["max_image_pixels"])
         except ValueError as exc:
             self.counters.inc("bad_image")
             self._warn("bad_image", f"image rejected: {exc}")
@@ -261,34 +358,115 @@ class SirenPoseNode(Node):
                        f"{camera.width}x{camera.height}: frame skipped")
             return
         decode_ms = (time.perf_counter() - t0) * 1e3
+        frame_id = self.p["camera_frame"] or msg.header.frame_id or "camera_optical_frame"
+        if not self._ensure_extrinsic(frame_id, msg.header.stamp):
+            return
         self._last_stamp_ns = stamp_ns
         result = self.pipeline.process(Frame(stamp_ns, gray, rgb, camera))
         result.timings_ms["decode"] = decode_ms
         if result.reset:
             self.counters.inc("resets")
+            self.scale.reset()
         if result.state is TrackingState.LOST and self._state is not TrackingState.LOST:
             self.counters.inc("tracking_lost")
             self._warn("lost", f"tracking lost at {stamp_ns / 1e9:.3f} s: {result.message}")
         self._state = result.state
         self._last_timings = result.timings_ms
-        frame_id = self.p["camera_frame"] or msg.header.frame_id or "camera_optical_frame"
-        self._publish(result, frame_id)
+        self._update_scale(result, camera)
+        self._publish(result)
         self.counters.inc("frames_processed")
         now = time.monotonic()
         self._out_times.append(now)
         self._latency_ms.append((now - received) * 1e3)
 
+    def _ensure_extrinsic(self, camera_frame: str, stamp) -> bool:
+        """Resolve base -> camera once per camera frame name (TF, or parameters as fallback)."""
+        if self.T_base_cam is not None and self._camera_frame == camera_frame:
+            return True
+        source = self.p["extrinsics_source"]
+        if source == "parameters":
+            self._camera_frame = camera_frame
+            self._publish_static_tf(stamp)
+            return True
+        deadline = time.monotonic() + self.p["extrinsics_wait"]
+        T = self.tf_store.lookup(self.p["base_frame"], camera_frame)
+        while T is None and time.monotonic() < deadline and not self._stop:
+            time.sleep(0.02)
+            T = self.tf_store.lookup(self.p["base_frame"], camera_frame)
+        if T is not None:
+            self._set_extrinsic(T, "TF")
+            self._camera_frame = camera_frame
+            return True
+        if source == "tf":
+            self._warn("extrinsic", f"no transform {self.p['base_frame']} -> {camera_frame} on TF "
+                       "yet (extrinsics_source 'tf'): frame skipped")
+            return False
+        self._set_extrinsic(extrinsic_from_params(self.p), "parameters (none on TF)")
+        self._camera_frame = camera_frame
+        self._publish_static_tf(stamp)
+        return True
+
+    def _set_extrinsic(self, T_base_cam: np.ndarray, source: str) -> None:
+        # The pipeline's world frame is the first camera's optical frame; odom is the first base
+        # frame, so odom <- world is the fixed base <- camera extrinsic.
+        self.T_base_cam = T_base_cam
+        self.T_cam_base = np.linalg.inv(T_base_cam)
+        self.get_logger().info(f"camera extrinsic from {source}: t = {np.round(T_base_cam[:3, 3], 4)}")
+
+    def _publish_static_tf(self, stamp) -> None:
+        if self.p["publish_camera_tf"]:
+            self.pub_tf_static.publish(TFMessage(transforms=[
+                M.transform_msg(self.T_base_cam, stamp, self.p["base_frame"], self._camera_frame)]))
+
+    def _update_scale(self, result: FrameResult, camera) -> None:
+        source = self.core_cfg.scale_source
+        if source == "none" or result.keypoint_depth is None or result.state is not TrackingState.TRACKING:
+            return
+        static = result.dynamic_prob < 0.5
+        px, z = result.keypoints[static], result.keypoint_depth[static]
+        if source == "depth":
+            metric = self._metric_depth_at(result.stamp_ns, px, camera)
+            if metric is not None:
+                self.scale.add_depth(z, metric)
+        else:
+            xn = camera.undistort_points(px)
+            pts = np.column_stack([xn * z[:, None], z])
+            up_cam = self.T_cam_base[:3, :3] @ np.array([0.0, 0.0, 1.0])
+            self.scale.add_ground(pts, up_cam)
+
+    def _metric_depth_at(self, stamp_ns: int, px: np.ndarray, camera) -> np.ndarray | None:
+        """Metric depth (m) at pixels, from the aligned depth image with the nearest stamp."""
+        if not self._depths:
+            return None
+        msg = min(list(self._depths), key=lambda m: abs(M.stamp_to_ns(m.header.stamp) - stamp_ns))
+        if abs(M.stamp_to_ns(msg.header.stamp) - stamp_ns) > 0.05e9:
+            return None
+        try:
+            depth = M.depth_image_metres(msg)
+        except ValueError as exc:
+            self.counters.inc("bad_depth")
+            self._warn("depth", f"depth image rejected: {exc}")
+            return None
+        h, w = depth.shape
+        u = np.clip(np.round(px[:, 0] * w / camera.width).astype(int), 0, w - 1)
+        v = np.clip(np.round(px[:, 1] * h / camera.height).astype(int), 0, h - 1)
+        return depth[v, u]
+
     # ----------------------------------------------------------------------------- outputs
-    def _publish(self, result: FrameResult, camera_frame: str) -> None:
+    def _publish(self, result: FrameResult) -> None:
         stamp = M.ns_to_stamp(result.stamp_ns)
         odom, base = self.p["odom_frame"], self.p["base_frame"]
-        if self.p["publish_camera_tf"] and self._static_tf_sent_for != camera_frame:
-            self.pub_tf_static.publish(TFMessage(transforms=[
-                M.transform_msg(self.T_base_cam, stamp, base, camera_frame)]))
-            self._static_tf_sent_for = camera_frame
+        s = 1.0
+        if self.core_cfg.scale_source != "none":
+            s = self.scale.scale
+            if s is None:
+                self._warn("scale", "waiting for a metric scale estimate: no odometry yet")
+                return
         T_odom_world = self.T_base_cam
         if result.state is TrackingState.TRACKING and result.T_world_cam is not None:
-            T_odom_base = T_odom_world @ result.T_world_cam @ self.T_cam_base
+            T_wc = result.T_world_cam.copy()
+            T_wc[:3, 3] *= s
+            T_odom_base = T_odom_world @ T_wc @ self.T_cam_base
             transforms = []
             if self.p["publish_map_tf"]:
                 transforms.append(M.transform_msg(np.eye(4), stamp, self.p["map_frame"], odom))
@@ -296,9 +474,10 @@ class SirenPoseNode(Node):
                 transforms.append(M.transform_msg(T_odom_base, stamp, odom, base))
             if transforms:
                 self.pub_tf.publish(TFMessage(transforms=transforms))
-            pose_cov, twist, twist_cov = self._odom_uncertainty(result, T_odom_base)
-            self.pub_odom.publish(M.odometry_msg(T_odom_base, stamp, odom, base,
-                                                 pose_cov, twist, twist_cov))
+            pose_cov, twist = self._odom_uncertainty(result, T_odom_base, s)
+            self.pub_odom.publish(M.odometry_msg(T_odom_base, stamp, odom, base, pose_cov, twist, None))
+            with self._io_lock:
+                self._trajectory.append((result.stamp_ns, T_odom_base))
             self._path.poses.append(M.pose_stamped_msg(T_odom_base, stamp, odom))
             if len(self._path.poses) > self.p["path_max_poses"]:
                 del self._path.poses[: len(self._path.poses) - self.p["path_max_poses"]]
@@ -306,27 +485,33 @@ class SirenPoseNode(Node):
                 self._path.header.stamp = stamp
                 self._path.header.frame_id = odom
                 self.pub_path.publish(self._path)
+        T_out = T_odom_world.copy()
+        T_out[:3, :3] *= s            # scale the cloud (and velocities) with the poses
         n = self.counters.values["frames_processed"]
         if (result.cloud is not None and len(result.cloud)
                 and n % self.p["cloud_publish_period"] == 0 and self.pub_cloud.get_subscription_count()):
-            self.pub_cloud.publish(M.cloud2_msg(M.cloud_to_array(result.cloud, T_odom_world), stamp, odom))
-        if result.map_cloud is not None and self.pub_map.get_subscription_count():
-            self.pub_map.publish(M.cloud2_msg(M.cloud_to_array(result.map_cloud, T_odom_world), stamp, odom))
+            self.pub_cloud.publish(M.cloud2_msg(M.cloud_to_array(result.cloud, T_out), stamp, odom))
+        if result.map_cloud is not None:
+            with self._io_lock:
+                self._last_map = M.transform_cloud(result.map_cloud, T_out)
+            if self.pub_map.get_subscription_count():
+                self.pub_map.publish(M.cloud2_msg(M.cloud_to_array(result.map_cloud, T_out), stamp, odom))
 
-    def _odom_uncertainty(self, result: FrameResult, T_odom_base: np.ndarray):
-        """Pose covariance in odom, twist (and its covariance) in base, from the camera's."""
+    def _odom_uncertainty(self, result: FrameResult, T_odom_base: np.ndarray, s: float):
+        """Pose covariance in odom and twist in base, from the camera's (world-frame) ones."""
         R_ow = self.T_base_cam[:3, :3]
         pose_cov = None
         if result.covariance is not None:
-            J = np.kron(np.eye(2), R_ow)
+            J = np.kron(np.diag([s, 1.0]), R_ow)     # position scales, rotation does not
             pose_cov = J @ result.covariance @ J.T
         twist = None
         if result.velocity_world is not None:
-            v_cam, w = R_ow @ result.velocity_world[:3], R_ow @ result.velocity_world[3:]
+            v_cam, w = s * (R_ow @ result.velocity_world[:3]), R_ow @ result.velocity_world[3:]
+            # Velocity of the base origin = camera velocity + w x (base - camera), in odom.
             lever = T_odom_base[:3, 3] - (T_odom_base @ self.T_base_cam)[:3, 3]
             R_base_odom = T_odom_base[:3, :3].T
             twist = np.concatenate([R_base_odom @ (v_cam + np.cross(w, lever)), R_base_odom @ w])
-        return pose_cov, twist, None
+        return pose_cov, twist
 
     def _publish_diagnostics(self) -> None:
         def rate(times) -> float:
@@ -334,7 +519,7 @@ class SirenPoseNode(Node):
                 return 0.0
             return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
         lat = np.asarray(self._latency_ms) if self._latency_ms else np.zeros(1)
-        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: tracking",
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: visual odometry",
                                   hardware_id="monocular camera")
         if self._state is TrackingState.TRACKING:
             status.level, status.message = DiagnosticStatus.OK, "tracking"
@@ -342,13 +527,17 @@ class SirenPoseNode(Node):
             status.level, status.message = DiagnosticStatus.WARN, "tracking lost"
         else:
             status.level, status.message = DiagnosticStatus.WARN, "initialising"
-        if self._camera is None:
+        if not self._infos:
             status.level, status.message = DiagnosticStatus.ERROR, "no valid CameraInfo"
+        scale = self.scale.scale if self.core_cfg.scale_source != "none" else None
         values = {"state": self._state.value, "input_rate_hz": f"{rate(self._in_times):.1f}",
                   "output_rate_hz": f"{rate(self._out_times):.1f}",
                   "latency_p50_ms": f"{np.percentile(lat, 50):.1f}",
                   "latency_p99_ms": f"{np.percentile(lat, 99):.1f}",
-                  "runtime": "cpu", **{k: str(v) for k, v in self.counters.values.items()},
+                  "runtime": str(getattr(self.pipeline, "runtime", "cpu")),
+                  "scale": "up to scale" if scale is None else f"{scale:.4f}",
+                  "rss_mb": f"{_rss_mb():.1f}", "gpu_mem_mb": f"{_gpu_mb():.1f}",
+                  **{k: str(v) for k, v in self.counters.values.items()},
                   **{f"stage_{k}_ms": f"{v:.1f}" for k, v in self._last_timings.items()}}
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
@@ -366,8 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv)
     try:
         node = SirenPoseNode()
-    except ParamError as exc:
-        rclpy.logging.get_logger("sirenpose").fatal(f"invalid parameter, not starting: {exc}")
+    except (ParamError, FileNotFoundError) as exc:
+        rclpy.logging.get_logger("sirenpose").fatal(f"not starting: {exc}")
         rclpy.try_shutdown()
         return 2
     try:

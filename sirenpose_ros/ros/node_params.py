@@ -15,6 +15,13 @@ NODE_PARAMS: list[ParamSpec] = [
     ParamSpec("publish_camera_tf", True,
               "Publish base_frame -> camera optical frame from camera_x..camera_yaw on /tf_static. "
               "Turn off when the robot's URDF already provides it."),
+    ParamSpec("extrinsics_source", "auto",
+              "Where the base -> camera transform comes from: 'tf' (wait for it on /tf_static or "
+              "/tf, e.g. from robot_state_publisher), 'parameters' (camera_x..camera_yaw, published "
+              "as static TF when publish_camera_tf), or 'auto' (TF if it appears within "
+              "extrinsics_wait seconds of the first image, else parameters).",
+              choices=("auto", "tf", "parameters")),
+    ParamSpec("extrinsics_wait", 1.0, "Seconds to wait for the camera extrinsic on TF.", 0.0, 60.0),
     ParamSpec("camera_x", 0.0, "Camera position in base_frame, metres (x forward).", -100.0, 100.0),
     ParamSpec("camera_y", 0.0, "Camera position in base_frame, metres (y left).", -100.0, 100.0),
     ParamSpec("camera_z", 0.0, "Camera position in base_frame, metres (z up).", -100.0, 100.0),
@@ -29,7 +36,15 @@ NODE_PARAMS: list[ParamSpec] = [
     ParamSpec("image_transport", "raw",
               "'raw' subscribes sensor_msgs/Image on 'image'; 'compressed' subscribes "
               "sensor_msgs/CompressedImage on 'image/compressed'.", choices=("raw", "compressed")),
+    ParamSpec("camera_info_tolerance", 0.0,
+              "Pair each image with the CameraInfo whose stamp is within this many seconds; 0 "
+              "uses the newest CameraInfo (drivers whose CameraInfo stamps differ from images).",
+              0.0, 10.0),
+    ParamSpec("max_image_pixels", 4096 * 4096, "Larger images are rejected.", 1, 1 << 28),
+    ParamSpec("output_dir", "~/.ros/sirenpose",
+              "Folder where the save_trajectory / save_map services write."),
+    ParamSpec("trajectory_max_poses", 1000000, "Poses kept for save_trajectory.", 1, 100000000),
     ParamSpec("cloud_publish_period", 1, "Publish the dense cloud every N processed frames.", 1, 1000),
-    ParamSpec("path_max_poses", 10000, "Poses kept in the published nav_msgs/Path.", 1, 1000000),
+    ParamSpec("path_max_poses", 2000, "Poses kept in the published nav_msgs/Path.", 1, 1000000),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", 0.1, 60.0),
 ]

@@ -12,16 +12,7 @@ from sensor_msgs.msg import PointCloud2
 from tf2_msgs.msg import TFMessage
 
 from sirenpose_ros.io.tum import quat_to_matrix
-from sirenpose_ros.ros.messages import cloud2_to_array, stamp_to_ns
-
-
-def transform_to_matrix(tf) -> np.ndarray:
-    """geometry_msgs/Transform -> 4x4."""
-    T = np.eye(4)
-    q = tf.rotation
-    T[:3, :3] = quat_to_matrix(np.array([q.x, q.y, q.z, q.w]))
-    T[:3, 3] = [tf.translation.x, tf.translation.y, tf.translation.z]
-    return T
+from sirenpose_ros.ros.messages import cloud2_to_array, stamp_to_ns, transform_to_matrix
 
 
 def pose_to_matrix(pose) -> np.ndarray:

@@ -337,18 +337,20 @@ def run_offline(bag: str | Path, out: str | Path, image_topic: str = IMAGE_TOPIC
 
     ``cfg_values``: core parameter overrides (``make_config`` validates them). ``gt``: TUM
     ground truth, for ATE (Sim(3) Umeyama; also as % of the ground-truth path length) and RPE
-    (1 frame; translation after the Sim(3) scale). ``gt_npz``: per-frame depth/mask ground truth, for
-    depth Abs Rel / delta<1.25 (median-scaled per frame, averaged over frames with depth), the
-    dynamic-mask IoU (per-frame mean, and pooled over all frames) and the dynamic-keypoint
+    (1 frame; translation after the Sim(3) scale). ``gt_npz``: per-frame depth/mask ground
+    truth, for depth Abs Rel / delta<1.25 (median-scaled per frame, averaged over frames with
+    depth), the dynamic-mask IoU (per-frame mean, and pooled over all frames) and the dynamic-keypoint
     precision/recall/F1 (pooled over all keypoints). ``max_dt_ms``: stamp association tolerance.
     ``progress(i, result)`` is called after each frame.
 
     Always present: frames_processed, frames_with_pose, tracked_share (frames with a pose /
     frames processed), tracked_share_after_init (from the first pose on), longest_lost_run
-    (frames without a pose in a row, initialisation included), first_pose_frame, resets, states, frames_skipped, wall_time_s, fps (frames /
-    wall time of the whole loop, bag reading and decoding included), timings_ms (per stage
-    mean/p50/p99 over the frames that ran it; 'read_decode' is the bag read + image decode and
-    'process' the whole Pipeline.process call), map_points, cloud_points, params.
+    (frames without a pose in a row, initialisation included), first_pose_frame, resets
+    (pipeline re-initialisations, bag-loop resets included), time_jumps_back, states (frames
+    per TrackingState), frames_skipped (duplicate_stamp, size_mismatch), wall_time_s, fps
+    (frames / wall time of the whole loop, bag reading and decoding included), timings_ms (per
+    stage mean/p50/p99 over the frames that ran it; 'read_decode' is the bag read + image
+    decode and 'process' the whole Pipeline.process call), map_points, cloud_points, params.
     """
     from sirenpose_ros.core.config import make_config
     from sirenpose_ros.core.pipeline import Pipeline
@@ -371,7 +373,7 @@ def run_offline(bag: str | Path, out: str | Path, image_topic: str = IMAGE_TOPIC
     states: Counter = Counter()
     skipped: Counter = Counter()
     timings: list[dict[str, float]] = []
-    resets = 0
+    resets = time_jumps = 0
     last_stamp = None
     map_cloud = cloud = None
 
@@ -379,43 +381,47 @@ def run_offline(bag: str | Path, out: str | Path, image_topic: str = IMAGE_TOPIC
                                 significant_bits=cfg.image_16bit_significant_bits)
     t_start = time.perf_counter()
     t_read = t_start
-    for bf in frames:
-        read_ms = (time.perf_counter() - t_read) * 1e3
-        if max_frames is not None and len(tracked) >= max_frames:
-            break
-        if last_stamp is not None and bf.stamp_ns == last_stamp:
-            skipped["duplicate_stamp"] += 1
+    try:
+        for bf in frames:
+            read_ms = (time.perf_counter() - t_read) * 1e3
+            if max_frames is not None and len(tracked) >= max_frames:
+                break
+            # The live node's input policy, in its order (SirenPoseNode._process).
+            if last_stamp is not None and bf.stamp_ns < last_stamp:
+                pipeline.reset()            # bag loop
+                resets += 1
+                time_jumps += 1
+            elif last_stamp is not None and bf.stamp_ns == last_stamp:
+                skipped["duplicate_stamp"] += 1
+                t_read = time.perf_counter()
+                continue
+            if bf.gray.shape != (bf.camera.height, bf.camera.width):
+                skipped["size_mismatch"] += 1
+                t_read = time.perf_counter()
+                continue
+            last_stamp = bf.stamp_ns
+            t0 = time.perf_counter()
+            res = pipeline.process(Frame(bf.stamp_ns, bf.gray, bf.rgb, bf.camera))
+            process_ms = (time.perf_counter() - t0) * 1e3
+            timings.append({**res.timings_ms, "read_decode": read_ms, "process": process_ms})
+            states[res.state.value] += 1
+            resets += int(bool(res.reset))
+            ok = res.state is TrackingState.TRACKING and res.T_world_cam is not None
+            tracked.append(ok)
+            if ok:
+                stamps.append(res.stamp_ns)
+                poses.append(np.asarray(res.T_world_cam, np.float64))
+            if res.map_cloud is not None:
+                map_cloud = res.map_cloud
+            if res.cloud is not None:
+                cloud = res.cloud
+            if dense is not None:
+                dense.add(res)
+            if progress is not None:
+                progress(len(tracked) - 1, res)
             t_read = time.perf_counter()
-            continue
-        if bf.gray.shape != (bf.camera.height, bf.camera.width):
-            skipped["size_mismatch"] += 1
-            t_read = time.perf_counter()
-            continue
-        if last_stamp is not None and bf.stamp_ns < last_stamp:
-            pipeline.reset()            # bag loop: what the node does
-            resets += 1
-            skipped["time_jump_back_resets"] += 1
-        last_stamp = bf.stamp_ns
-        t0 = time.perf_counter()
-        res = pipeline.process(Frame(bf.stamp_ns, bf.gray, bf.rgb, bf.camera))
-        process_ms = (time.perf_counter() - t0) * 1e3
-        timings.append({**res.timings_ms, "read_decode": read_ms, "process": process_ms})
-        states[res.state.value] += 1
-        resets += int(bool(res.reset))
-        ok = res.state is TrackingState.TRACKING and res.T_world_cam is not None
-        tracked.append(ok)
-        if ok:
-            stamps.append(res.stamp_ns)
-            poses.append(np.asarray(res.T_world_cam, np.float64))
-        if res.map_cloud is not None:
-            map_cloud = res.map_cloud
-        if res.cloud is not None:
-            cloud = res.cloud
-        if dense is not None:
-            dense.add(res)
-        if progress is not None:
-            progress(len(tracked) - 1, res)
-        t_read = time.perf_counter()
+    finally:
+        frames.close()                  # closes the bag reader at once, also on errors
     wall = time.perf_counter() - t_start
     n = len(tracked)
     if n == 0:
@@ -441,7 +447,8 @@ def run_offline(bag: str | Path, out: str | Path, image_topic: str = IMAGE_TOPIC
         # Share after initialisation: separates losing track from needing parallax to start.
         "tracked_share_after_init": (float(tracked_a[np.argmax(tracked_a):].mean())
                                      if tracked_a.any() else 0.0),
-        "resets": resets, "states": dict(states), "frames_skipped": dict(skipped),
+        "resets": resets, "time_jumps_back": time_jumps, "states": dict(states),
+        "frames_skipped": dict(skipped),
         "wall_time_s": wall, "fps": n / wall if wall > 0 else float("nan"),
         "map_points": len(map_cloud) if map_cloud is not None else 0,
         "cloud_points": len(cloud) if cloud is not None else 0,
@@ -556,8 +563,8 @@ def format_table(m: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="sirenpose_offline", description=__doc__.split("\n")[0],
-                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="sirenpose_offline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bag", type=Path, help="rosbag2 folder (MCAP or sqlite3)")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--image-topic", default=IMAGE_TOPIC,

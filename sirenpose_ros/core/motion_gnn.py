@@ -1,0 +1,306 @@
+"""Motion GNN: a learned :class:`~sirenpose_ros.core.graph.MotionScorer` over the keypoint graph.
+
+Per keypoint it predicts the probability of being dynamic, per graph edge the probability that
+both ends move as one rigid body. It plugs into ``KeypointGraph(cfg, scorer=GNNScorer(cfg))``;
+the graph's rigidity-weighted smoothing and per-track temporal filter stay as they are.
+
+Inputs per node (see :class:`MotionFeatures`), all in working-resolution pixels, compressed with
+asinh / log1p so that a few large values do not dominate:
+- the pipeline's static-model residual (reprojection or epipolar offset), when the pose exists;
+- pose-free evidence from the track history kept here (keyed by track id): for several frame
+  gaps, the offset from a RANSAC homography and the Sampson distance to a RANSAC fundamental
+  matrix fitted on all tracks, so the scorer also works while the pipeline initialises;
+- frame-level context per gap (median flow, inlier shares): tells the network when a motion
+  model is degenerate (camera standing still: F is meaningless; camera translating: the
+  homography leaves parallax on static points).
+No absolute image position is used: the synthetic presets put the moving objects near the image
+centre, and a position feature would learn that instead of motion.
+
+The network is a small edge-conditioned message-passing net in plain torch (``scatter_add``,
+no data-dependent control flow) so it exports to ONNX with dynamic node/edge counts.
+Weights are a safetensors file (no pickle); the shipped one is ``models/motion_gnn.safetensors``,
+trained by ``python -m sirenpose_ros.tools.train_motion_gnn`` (see ``models/MOTION_GNN.md``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from sirenpose_ros.core.params import ParamSpec
+
+PARAMS = [
+    ParamSpec("gnn_weights", "", "Motion GNN weight file (safetensors); '' = the shipped models/motion_gnn.safetensors."),
+    ParamSpec("gnn_device", "cpu", "Torch device of the motion GNN ('cpu', 'cuda', 'cuda:1', ...)."),
+]
+
+WEIGHTS_NAME = "motion_gnn.safetensors"
+FEATURE_VERSION = 1          # bump when the features change: old weight files are refused
+GAPS = (1, 4, 12)            # frame gaps of the pose-free motion models
+MIN_FIT_POINTS = 12          # fewer tracks than this: no motion model for that gap
+HOMOGRAPHY_RANSAC_PX = 1.0
+FUNDAMENTAL_RANSAC_PX = 1.0
+NODE_FEATURES = 5 + 8 * len(GAPS)
+EDGE_FEATURES = 3 + 2 * len(GAPS)
+
+
+def _param_default(name: str):
+    return next(s.default for s in PARAMS if s.name == name)
+
+
+def default_weights_path() -> Path:
+    """The shipped weight file (source tree, pip install or ROS install share folder)."""
+    from sirenpose_ros.resources import share_dir
+    return share_dir() / "models" / WEIGHTS_NAME
+
+
+# ----------------------------------------------------------------------------- features
+
+def _sampson_px(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """Sampson distance (pixels) of correspondences x1 -> x2 (M, 2) to the fundamental matrix F."""
+    h1 = np.concatenate([x1, np.ones((x1.shape[0], 1))], axis=1)
+    h2 = np.concatenate([x2, np.ones((x2.shape[0], 1))], axis=1)
+    Fx1 = h1 @ F.T
+    Ftx2 = h2 @ F
+    num = np.sum(h2 * Fx1, axis=1)
+    den = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
+    return np.abs(num) / np.sqrt(np.maximum(den, 1e-12))
+
+
+def _motion_models(p0: np.ndarray, p1: np.ndarray):
+    """Homography offset (M, 2), Sampson distance (M,), homography and F inlier shares, or None.
+
+    OpenCV's RANSAC estimators seed their own generator, so the result is deterministic.
+    """
+    if p0.shape[0] < MIN_FIT_POINTS:
+        return None
+    a, b = p0.astype(np.float64), p1.astype(np.float64)
+    H, hin = cv2.findHomography(a, b, cv2.RANSAC, HOMOGRAPHY_RANSAC_PX)
+    if H is None or not np.all(np.isfinite(H)):
+        return None
+    ah = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1) @ H.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pred = ah[:, :2] / ah[:, 2:3]
+    hres = np.where(np.isfinite(pred), b - pred, 1e3)
+    F, fin = cv2.findFundamentalMat(a, b, cv2.FM_RANSAC, FUNDAMENTAL_RANSAC_PX, 0.99)
+    if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
+        epi, f_share = np.zeros(a.shape[0]), 0.0
+    else:
+        epi = _sampson_px(F, a, b)
+        f_share = float(fin.mean()) if fin is not None else 0.0
+    return hres, epi, float(hin.mean()), f_share
+
+
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    return np.arcsinh(x)            # ~x near 0 (sub-pixel detail kept), ~log for large offsets
+
+
+class MotionFeatures:
+    """Per-frame node and edge features; keeps each track's recent positions keyed by track id.
+
+    Call once per frame, in order. ``reset()`` forgets the history (new stream).
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._ids = np.zeros(0, np.int64)                    # sorted track ids of the last frame
+        self._hist = np.zeros((0, max(GAPS), 2))             # positions 1..max(GAPS) frames ago
+        self._age = np.zeros(0, np.int64)                    # frames seen before this one
+        self._max_id = -1
+
+    def _ids_reissued(self, ids: np.ndarray) -> bool:
+        # The frontend numbers tracks with a counter and never revives an id, so a track that was
+        # not alive in the last frame always has a new, larger id. An unseen id at or below the
+        # largest one seen means the ids restarted: the pipeline reset its frontend (camera change,
+        # time jump), and the history kept here belongs to other tracks. A majority is required:
+        # the pipeline may skip a few tracks for a frame (outside the lens model's valid region).
+        if self._ids.size == 0 or ids.size == 0:
+            return False
+        k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
+        unseen = self._ids[k] != ids
+        return bool(np.mean(unseen & (ids <= self._max_id)) > 0.5)
+
+    def __call__(self, obs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> node features (N, NODE_FEATURES), edge features (E, EDGE_FEATURES) float32,
+        and ``informed`` (N,) bool: the node has a residual or a track history."""
+        ids = np.asarray(obs.ids, np.int64)
+        if self._ids_reissued(ids):
+            self.reset()
+        px = np.asarray(obs.px, np.float64).reshape(-1, 2)
+        n = ids.shape[0]
+        # History of the current nodes: row j of hist = position j+1 frames ago (NaN = unknown).
+        hist = np.full((n, max(GAPS), 2), np.nan)
+        age = np.zeros(n, np.int64)
+        if self._ids.size and n:
+            k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
+            hit = self._ids[k] == ids
+            hist[hit] = self._hist[k[hit]]
+            age[hit] = self._age[k[hit]] + 1
+
+        res = np.asarray(obs.residual_px, np.float64).reshape(-1, 2)
+        known = np.all(np.isfinite(res), axis=1)
+        res0 = np.where(known[:, None], res, 0.0)
+        cols = [known.astype(np.float64), *_signed_log(res0).T, np.log1p(np.linalg.norm(res0, axis=1)),
+                np.log1p(np.minimum(age, 30)) / np.log(31.0)]
+        gap_offsets = []
+        informed = known.copy()
+        for g in GAPS:
+            prev = hist[:, g - 1]
+            have = np.all(np.isfinite(prev), axis=1)
+            hres = np.zeros((n, 2))
+            epi = np.zeros(n)
+            ctx = np.zeros(3)
+            fit = _motion_models(prev[have], px[have]) if have.any() else None
+            if fit is None:
+                have = np.zeros(n, bool)
+            else:
+                hres[have], epi[have] = fit[0], fit[1]
+                flow = np.median(np.linalg.norm(px[have] - prev[have], axis=1))
+                ctx = np.array([np.log1p(flow), fit[2], fit[3]])
+            informed |= have
+            gap_offsets.append((have, hres))
+            cols += [have.astype(np.float64), *_signed_log(hres).T, np.log1p(np.linalg.norm(hres, axis=1)),
+                     np.log1p(epi), *np.broadcast_to(ctx[:, None], (3, n))]
+        x = np.stack(cols, axis=1) if n else np.zeros((0, NODE_FEATURES))
+
+        # Edge features are symmetric in the two ends (the graph's edges are undirected).
+        e = np.asarray(obs.edges, np.int64).reshape(-1, 2)
+        i, j = e[:, 0], e[:, 1]
+        both = (known[i] & known[j]).astype(np.float64)
+        ecols = [both, np.log1p(np.linalg.norm(res0[i] - res0[j], axis=1)) * both,
+                 np.log1p(np.linalg.norm(px[i] - px[j], axis=1))]
+        for have, hres in gap_offsets:
+            b = (have[i] & have[j]).astype(np.float64)
+            ecols += [b, np.log1p(np.linalg.norm(hres[i] - hres[j], axis=1)) * b]
+        ea = np.stack(ecols, axis=1) if e.shape[0] else np.zeros((0, EDGE_FEATURES))
+
+        # Keep this frame's positions as the next frame's history (lost tracks are dropped:
+        # the frontend never revives an id).
+        order = np.argsort(ids)
+        new_hist = np.concatenate([px[:, None], hist[:, :-1]], axis=1)
+        self._ids, self._hist, self._age = ids[order], new_hist[order], age[order]
+        if n:
+            self._max_id = max(self._max_id, int(ids.max()))
+        return x.astype(np.float32), ea.astype(np.float32), informed
+
+
+# ----------------------------------------------------------------------------- network
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+
+
+class MotionGNN(nn.Module):
+    """Edge-conditioned message passing: per-node dynamic logit and per-edge rigidity logit.
+
+    ``forward(x (N, F), edges (E, 2) undirected, edge_attr (E, Fe)) -> (node (N,), edge (E,))``
+    logits. Messages flow both ways along every edge and are averaged per receiving node, so the
+    output is equivariant to node order and does not depend on how many neighbours a node has.
+    """
+
+    def __init__(self, node_features: int = NODE_FEATURES, edge_features: int = EDGE_FEATURES,
+                 hidden: int = 32, layers: int = 2):
+        super().__init__()
+        self.hidden, self.layers = hidden, layers
+        self.node_in = _mlp(node_features, hidden, hidden)
+        self.edge_in = nn.Sequential(nn.Linear(edge_features, hidden), nn.ReLU())
+        self.message = nn.ModuleList([_mlp(3 * hidden, hidden, hidden) for _ in range(layers)])
+        self.update = nn.ModuleList([_mlp(2 * hidden, hidden, hidden) for _ in range(layers)])
+        self.node_out = _mlp(hidden, hidden, 1)
+        self.edge_out = _mlp(3 * hidden, hidden, 1)
+
+    def forward(self, x: torch.Tensor, edges: torch.Tensor, edge_attr: torch.Tensor):
+        n = x.shape[0]
+        h = self.node_in(x)
+        ea = self.edge_in(edge_attr)
+        src = torch.cat([edges[:, 0], edges[:, 1]])
+        dst = torch.cat([edges[:, 1], edges[:, 0]])
+        ea2 = torch.cat([ea, ea])
+        # Sum over incoming edges with scatter_add (exports to ONNX ScatterElements with
+        # reduction "add"; index_add_ exported without the reduction, i.e. wrong, in torch 2.13).
+        dst_h = dst.unsqueeze(1).expand(-1, self.hidden)
+        deg = torch.zeros(n, 1, dtype=x.dtype, device=x.device).scatter_add(
+            0, dst.unsqueeze(1), torch.ones(dst.shape[0], 1, dtype=x.dtype, device=x.device))
+        inv_deg = 1.0 / deg.clamp(min=1.0)
+        for msg_mlp, upd_mlp in zip(self.message, self.update):
+            hs, hd = h[src], h[dst]
+            m = msg_mlp(torch.cat([hd, hs - hd, ea2], dim=1))
+            agg = torch.zeros(n, self.hidden, dtype=x.dtype, device=x.device).scatter_add(0, dst_h, m) * inv_deg
+            h = h + upd_mlp(torch.cat([h, agg], dim=1))
+        node = self.node_out(h).squeeze(1)
+        hi, hj = h[edges[:, 0]], h[edges[:, 1]]
+        edge = self.edge_out(torch.cat([hi + hj, (hi - hj).abs(), ea], dim=1)).squeeze(1)
+        return node, edge
+
+
+def save_weights(model: MotionGNN, path: str | Path, extra_meta: dict | None = None) -> None:
+    """Write the model as safetensors with its architecture in the metadata."""
+    from safetensors.torch import save_file
+    meta = {"feature_version": str(FEATURE_VERSION), "hidden": str(model.hidden),
+            "layers": str(model.layers), "node_features": str(NODE_FEATURES),
+            "edge_features": str(EDGE_FEATURES), "gaps": json.dumps(list(GAPS))}
+    meta.update({k: str(v) for k, v in (extra_meta or {}).items()})
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta)
+
+
+def load_model(path: str | Path = "", device: str = "cpu") -> MotionGNN:
+    """MotionGNN from a safetensors file ('' = the shipped weights). Clear errors if the file is
+    missing, not safetensors, or made for other features/architecture."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    p = Path(path) if str(path) else default_weights_path()
+    hint = ("train it with `python -m sirenpose_ros.tools.train_motion_gnn --out "
+            f"models/{WEIGHTS_NAME}` (see models/MOTION_GNN.md)")
+    if not p.is_file():
+        raise FileNotFoundError(f"motion GNN weights not found: {p}; {hint}")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        state = load_file(str(p))
+    except Exception as exc:  # safetensors raises its own error types for bad headers/data
+        raise ValueError(f"motion GNN weights {p} are not a valid safetensors file ({exc}); {hint}") from exc
+    if meta.get("feature_version") != str(FEATURE_VERSION):
+        raise ValueError(f"motion GNN weights {p} were trained for feature version "
+                         f"{meta.get('feature_version')!r}, this code computes {FEATURE_VERSION}; {hint}")
+    try:
+        model = MotionGNN(hidden=int(meta["hidden"]), layers=int(meta["layers"]))
+        model.load_state_dict(state, strict=True)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"motion GNN weights {p} do not match the network ({exc}); {hint}") from exc
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- scorer
+
+class GNNScorer:
+    """MotionScorer backed by the motion GNN. Stateful (track history): call once per frame in
+    order, ``reset()`` on a new stream."""
+
+    def __init__(self, cfg=None, weights: str | Path | None = None, device: str | None = None):
+        get = (lambda name: cfg.get(name, _param_default(name))) if cfg is not None else _param_default
+        weights = get("gnn_weights") if weights is None else weights
+        self.device = torch.device(get("gnn_device") if device is None else device)
+        self.model = load_model(weights, self.device)
+        self.features = MotionFeatures()
+
+    def reset(self) -> None:
+        self.features.reset()
+
+    @torch.inference_mode()
+    def __call__(self, obs) -> tuple[np.ndarray, np.ndarray]:
+        x, ea, _ = self.features(obs)
+        if x.shape[0] == 0:
+            return np.zeros(0), np.zeros(obs.edges.shape[0])
+        dev = self.device
+        node, edge = self.model(torch.from_numpy(x).to(dev),
+                                torch.from_numpy(np.asarray(obs.edges, np.int64).reshape(-1, 2)).to(dev),
+                                torch.from_numpy(ea).to(dev))
+        return (torch.sigmoid(node).double().cpu().numpy(), torch.sigmoid(edge).double().cpu().numpy())

@@ -1,0 +1,116 @@
+"""Export every known network to ONNX into a folder, check it, and print sizes and hashes.
+
+Each file is named ``<spec name>-<weights id>-op<opset>.onnx`` (the same names the runtime
+cache uses), passes ``onnx.checker``, and with ``--verify`` is run once through ONNX Runtime
+against the torch module on the spec's example inputs. ``--bench N`` also times torch and ONNX
+Runtime on the CPU (median of N calls after two warm-up calls, default thread counts).
+
+Example:
+    python -m sirenpose_ros.tools.export_models --out /tmp/onnx --xfeat-sizes 320x224,640x480 \
+        --lighterglue-points 512,1024 --verify --bench 10
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import sys
+import time
+
+import torch
+
+from ..inference.onnx_export import DEFAULT_OPSET, export_onnx
+from ..inference.runtime import ModelSpec, TorchRunner
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'320x224,640x480' -> [(320, 224), (640, 480)] as (width, height)."""
+    sizes = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        w, h = part.lower().split("x")
+        sizes.append((int(w), int(h)))
+    return sizes
+
+
+def known_specs(xfeat_sizes: list[tuple[int, int]],
+                lighterglue_points: list[int]) -> list[tuple[str, ModelSpec]]:
+    """(label, spec) of the project's networks. LighterGlue's point count only changes the
+    example inputs (the axis is dynamic), so all counts share one ONNX file. Add a spec here
+    when a new network gets one (motion GNN)."""
+    from ..core import learned
+    specs = [(f"xfeat {w}x{h}", learned.xfeat_spec(h, w)) for w, h in xfeat_sizes]
+    specs += [(f"lighterglue {n}x{n - 7}", learned.lighterglue_spec(example_points=n))
+              for n in lighterglue_points]
+    return specs
+
+
+def rel_error(spec: ModelSpec, torch_runner, ort_runner) -> float:
+    """Largest |ORT - torch| / max |torch| over the outputs, on the spec's example inputs."""
+    inputs = spec.example_inputs()
+    ref, got = torch_runner(*inputs), ort_runner(*inputs)
+    return max(float((g - r).abs().max() / r.abs().max().clamp_min(1e-12))
+               for g, r in zip(got, ref))
+
+
+def median_ms(runner, inputs, repeats: int) -> float:
+    for _ in range(2):
+        runner(*inputs)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runner(*inputs)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sirenpose-export-models", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="folder for the .onnx files")
+    ap.add_argument("--xfeat-sizes", default="320x224,640x480",
+                    help="XFeat network input sizes WxH (multiples of 32), comma separated")
+    ap.add_argument("--lighterglue-points", default="512",
+                    help="keypoints per image in LighterGlue's example inputs, comma separated "
+                         "(the axis is dynamic: one ONNX file serves all)")
+    ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    ap.add_argument("--force", action="store_true", help="re-export even if the file exists")
+    ap.add_argument("--verify", action="store_true", help="compare ONNX Runtime with torch")
+    ap.add_argument("--bench", type=int, default=0, metavar="N",
+                    help="time torch and ONNX Runtime on the CPU (median of N calls)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for torch and ONNX Runtime (0: their defaults)")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    failures = 0
+    points = [int(p) for p in args.lighterglue_points.split(",") if p.strip()]
+    print(f"{'model':24s} {'MB':>6s} {'sha256':16s} {'s':>5s}  file")
+    for label, spec in known_specs(parse_sizes(args.xfeat_sizes), points):
+        t0 = time.perf_counter()
+        try:
+            path = export_onnx(spec, args.out, opset=args.opset, force=args.force)
+        except Exception as exc:
+            failures += 1
+            print(f"{label:24s} FAILED: {type(exc).__name__}: {exc}")
+            continue
+        data = path.read_bytes()
+        print(f"{label:24s} {len(data) / 1e6:6.2f} {hashlib.sha256(data).hexdigest()[:16]} "
+              f"{time.perf_counter() - t0:5.1f}  {path}")
+        if args.verify or args.bench:
+            from ..inference.ort_runner import OrtRunner
+            torch_runner = TorchRunner(spec, "cpu")
+            ort_runner = OrtRunner(spec, "cpu", onnx_path=path, threads=args.threads)
+            if args.verify:
+                print(f"{'':24s} ort vs torch: max rel err {rel_error(spec, torch_runner, ort_runner):.1e}")
+            if args.bench:
+                inputs = spec.example_inputs()
+                t_torch = median_ms(torch_runner, inputs, args.bench)
+                t_ort = median_ms(ort_runner, inputs, args.bench)
+                print(f"{'':24s} cpu median ms: torch {t_torch:7.1f}  onnxruntime {t_ort:7.1f}  "
+                      f"(x{t_torch / t_ort:.2f}, threads {args.threads or 'default'})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

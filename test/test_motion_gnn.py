@@ -1,0 +1,145 @@
+"""Motion GNN: shipped weights (safetensors, no pickle), shapes, equivariance, clear weight-file
+errors, and node F1 on a held-out synthetic sequence with the GNN driving the real pipeline."""
+import json
+import struct
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sirenpose_ros.core.config import make_config
+from sirenpose_ros.core.graph import GraphObservation, delaunay_edges
+from sirenpose_ros.core.motion_gnn import (EDGE_FEATURES, NODE_FEATURES, GNNScorer, MotionGNN,
+                                           default_weights_path, load_model, save_weights)
+
+# Held-out check: seed 7 is in neither the training seeds (0, 1, 2) nor the evaluation seeds
+# (100, 101) of the shipped weights (models/MOTION_GNN.md).
+HELDOUT = dict(preset="multi_object", seed=7, n_frames=45, width=320, height=240)
+# Measured on HELDOUT: see the F1_BOUND note in models/MOTION_GNN.md.
+F1_BOUND = 0.75
+
+
+def _graph(n, rng):
+    px = rng.uniform([0, 0], [320, 240], (n, 2))
+    edges = delaunay_edges(px, 80.0)
+    res = rng.normal(0, 1.0, (n, 2))
+    res[rng.random(n) < 0.2] = np.nan
+    return GraphObservation(np.arange(n, dtype=np.int64) * 3 + 5, px, res, edges, np.full(n, 0.1))
+
+
+def test_shipped_weights_are_small_safetensors_and_run():
+    path = default_weights_path()
+    assert path.is_file(), path
+    raw = path.read_bytes()
+    assert len(raw) < 1_000_000
+    # safetensors layout: u64 header length, JSON header, raw tensor bytes (no pickle opcodes).
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + hlen])
+    assert header["__metadata__"]["feature_version"]
+    assert all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__")
+    scorer = GNNScorer(make_config({}))
+    obs = _graph(60, np.random.default_rng(0))
+    p, r = scorer(obs)
+    assert p.shape == (60,) and r.shape == (obs.edges.shape[0],) and obs.edges.shape[0] > 60
+    assert np.all((p >= 0) & (p <= 1)) and np.all((r >= 0) & (r <= 1))
+    # Empty frame and a frame without edges.
+    scorer.reset()
+    empty = GraphObservation(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros((0, 2)),
+                             np.zeros((0, 2), np.int64), np.zeros(0))
+    p0, r0 = scorer(empty)
+    assert p0.shape == (0,) and r0.shape == (0,)
+
+
+def test_permutation_equivariance():
+    rng = np.random.default_rng(1)
+    torch.manual_seed(0)
+    model = MotionGNN().eval()
+    n = 40
+    px = rng.uniform(0, 300, (n, 2))
+    e = torch.from_numpy(delaunay_edges(px, 1e9))
+    x = torch.randn(n, NODE_FEATURES)
+    ea = torch.randn(e.shape[0], EDGE_FEATURES)
+    perm = torch.from_numpy(rng.permutation(n))
+    inv = torch.argsort(perm)                      # new index of old node k is inv[k]
+    with torch.no_grad():
+        node, edge = model(x, e, ea)
+        node_p, edge_p = model(x[perm], inv[e], ea)
+    torch.testing.assert_close(node_p, node[perm], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(edge_p, edge, atol=1e-5, rtol=1e-5)
+    # Swapping the two ends of an edge changes nothing either (undirected graph).
+    with torch.no_grad():
+        _, edge_s = model(x, e.flip(1), ea)
+    torch.testing.assert_close(edge_s, edge, atol=1e-5, rtol=1e-5)
+
+    # Whole scorer (features included) on one frame: shuffled nodes -> shuffled outputs.
+    obs = _graph(50, rng)
+    p, r = GNNScorer(None)(obs)
+    q = rng.permutation(50)
+    iq = np.argsort(q)
+    obs_q = GraphObservation(obs.ids[q], obs.px[q], obs.residual_px[q], iq[obs.edges], obs.previous[q])
+    pq, rq = GNNScorer(None)(obs_q)
+    np.testing.assert_allclose(pq, p[q], atol=1e-6)
+    np.testing.assert_allclose(rq, r, atol=1e-6)
+
+
+def test_weight_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="motion GNN weights not found"):
+        load_model(tmp_path / "nope.safetensors")
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(ValueError, match="not a valid safetensors"):
+        load_model(bad)
+    # A pickle (torch.save) is refused, never unpickled.
+    pkl = tmp_path / "model.pt"
+    torch.save(MotionGNN().state_dict(), pkl)
+    with pytest.raises(ValueError, match="not a valid safetensors"):
+        load_model(pkl)
+    # Valid safetensors of another architecture: a clear mismatch error, not a torch traceback.
+    other = tmp_path / "other.safetensors"
+    save_weights(MotionGNN(hidden=16, layers=1), other)
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(other))
+    state.pop("node_out.2.bias")
+    save_file(state, str(other), metadata={"feature_version": "1", "hidden": "16", "layers": "1"})
+    with pytest.raises(ValueError, match="do not match the network"):
+        load_model(other)
+    with pytest.raises(FileNotFoundError):
+        GNNScorer(make_config({}), weights=str(tmp_path / "missing.safetensors"))
+
+
+def test_reset_forgets_history():
+    rng = np.random.default_rng(2)
+    obs = _graph(30, rng)
+    s = GNNScorer(None)
+    s(obs)
+    moved = GraphObservation(obs.ids, obs.px + 1.0, obs.residual_px, obs.edges, obs.previous + 0.05)
+    with_hist, _ = s(moved)
+    s.reset()
+    fresh, _ = s(moved)
+    np.testing.assert_allclose(fresh, GNNScorer(None)(moved)[0], atol=1e-7)
+    assert not np.allclose(with_hist, fresh)
+
+
+def test_heldout_sequence_f1():
+    from sirenpose_ros.core.camera import CameraModel
+    from sirenpose_ros.core.pipeline import Pipeline
+    from sirenpose_ros.core.types import Frame
+    from sirenpose_ros.synth import render_sequence
+    seq = render_sequence(**HELDOUT)
+    cfg = make_config({"field_enabled": False, "cloud_enabled": False})
+    pipe = Pipeline(cfg)
+    pipe.graph.scorer = GNNScorer(cfg)
+    K = seq.K
+    cam = CameraModel.pinhole(seq.width, seq.height, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+    tp = fp = fn = 0
+    for i in range(len(seq)):
+        gray = cv2.cvtColor(seq.rgb[i], cv2.COLOR_RGB2GRAY)
+        res = pipe.process(Frame(int(seq.stamps_ns[i]), gray, None, cam))
+        uv = np.rint(res.keypoints).astype(int)
+        y = seq.mask[i][uv[:, 1].clip(0, seq.height - 1), uv[:, 0].clip(0, seq.width - 1)] > 0
+        pred = res.dynamic_prob >= 0.5
+        tp += int(np.sum(pred & y)); fp += int(np.sum(pred & ~y)); fn += int(np.sum(~pred & y))
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    assert tp + fn > 100, "the held-out sequence must contain dynamic keypoints"
+    assert f1 > F1_BOUND, (f1, tp, fp, fn)
