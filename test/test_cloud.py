@@ -54,6 +54,11 @@ def test_backproject_accepts_object_with_K_and_scale_intrinsics():
     # Last column is full-res u = 639: x = (639 - 319.5) / 500 * z.
     np.testing.assert_allclose(xyz[0, -1, 0], (639 - 319.5) / 500 * 2.0, rtol=1e-5)
 
+    class FullSizeCam:                      # a camera model of another resolution is refused
+        K, width, height = Cam.K, 640, 480
+    with pytest.raises(ValueError):
+        cl.backproject(depth, FullSizeCam(), np.eye(4))
+
 
 def test_invalid_depth_dropped_and_columns_carried():
     h, w = 4, 5

@@ -13,7 +13,6 @@ import sys
 import types
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from torch import nn
@@ -22,9 +21,9 @@ from sirenpose_ros.inference import (BACKENDS, BackendUnavailable, ModelSpec, To
                                      TorchRunner, make_runner)
 from sirenpose_ros.inference import cache as cache_mod
 from sirenpose_ros.inference import trt_runner as trt_mod
-from sirenpose_ros.inference.onnx_export import export_onnx, onnx_file_name, state_dict_hash
 
-HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+HAS_ONNX = importlib.util.find_spec("onnx") is not None
+HAS_ORT = HAS_ONNX and importlib.util.find_spec("onnxruntime") is not None
 HAS_CUDA = torch.cuda.is_available()
 FP32_REL_TOL = 1e-4      # max |backend - torch| / max |torch|, fp32 end to end
 
@@ -97,7 +96,13 @@ def cache_dir(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- ONNX export
 
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx not installed")
+
+
+@needs_onnx
 def test_export_checks_names_and_reuses_cached_file(cache_dir, caplog):
+    import onnx
+    from sirenpose_ros.inference.onnx_export import export_onnx, onnx_file_name
     builds = []
     spec = conv_spec(builds)
     path = export_onnx(spec, cache_dir / "onnx")
@@ -120,7 +125,9 @@ def test_export_checks_names_and_reuses_cached_file(cache_dir, caplog):
     onnx.checker.check_model(onnx.load(str(path)))
 
 
+@needs_onnx
 def test_missing_weights_id_is_derived_from_the_weights(tmp_path):
+    from sirenpose_ros.inference.onnx_export import export_onnx, state_dict_hash
     a = set_spec(seed=2, weights_id="")
     b = set_spec(seed=3, weights_id="")
     ha, hb = state_dict_hash(a.build()), state_dict_hash(b.build())
@@ -203,6 +210,7 @@ def test_auto_picks_onnxruntime_on_cpu_and_says_why(cache_dir, caplog):
     assert "onnxruntime-cpu" in caplog.text and "no CUDA device" in caplog.text
 
 
+@needs_onnx
 def test_auto_falls_back_to_torch_when_onnxruntime_is_missing(cache_dir, caplog, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)     # import onnxruntime -> ImportError
     with caplog.at_level(logging.INFO, logger="sirenpose_ros.inference"):
@@ -515,6 +523,16 @@ def test_torch_cuda_and_cuda_graph_match_torch_cpu():
     set_ref, set_cuda = TorchRunner(set_spec(), "cpu"), make_runner(set_spec(), "torch", "cuda")
     pts, feats = torch.randn(1, 77, 3), torch.randn(1, 77, 8)
     assert rel_err(set_cuda(pts.cuda(), feats.cuda()), set_ref(pts, feats)) < FP32_REL_TOL
+
+
+@pytest.mark.skipif(not HAS_CUDA or importlib.util.find_spec("tensorrt") is not None,
+                    reason="needs CUDA without TensorRT")
+def test_auto_on_cuda_without_tensorrt(caplog):
+    with caplog.at_level(logging.INFO, logger="sirenpose_ros.inference"):
+        static = make_runner(conv_spec())
+        dynamic = make_runner(set_spec())
+    assert static.backend == "torch-cudagraph" and dynamic.backend == "torch-cuda"
+    assert "TensorRT is not installed" in caplog.text
 
 
 # ----------------------------------------------------------------------------- real networks

@@ -117,6 +117,11 @@ def backproject(depth: np.ndarray, camera, T_world_cam: np.ndarray,
     """
     depth = np.asarray(depth, np.float32)
     h, w = depth.shape
+    size = (getattr(camera, "width", w), getattr(camera, "height", h))
+    if size != (w, h):
+        # A camera model of another resolution (e.g. the full-size one) would silently give a
+        # wrongly scaled cloud; pass scale_intrinsics(...) for the reduced grid instead.
+        raise ValueError(f"camera is {size[0]}x{size[1]} but depth is {w}x{h}")
     d = depth.reshape(-1)
     with np.errstate(invalid="ignore"):
         ok = np.isfinite(d) & (d > 0)

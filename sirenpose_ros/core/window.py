@@ -350,7 +350,6 @@ class SlidingWindowEstimator:
                                 message="initialising: reference frame renewed")
         x1 = ref_xn[k[usable]]
         x2 = xn[usable]
-        thr = c.window_inlier_px / self._f
         flow = np.median(np.linalg.norm(x2 - x1, axis=1))
         if flow < np.tan(np.radians(c.window_init_min_parallax_deg)) or x1.shape[0] < c.window_init_min_points:
             return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
@@ -404,6 +403,13 @@ class SlidingWindowEstimator:
         self._history.append((ref["stamp"], T_w_ref))
         msg = (f"re-initialised ({self.lm_ids.size} landmarks); scale may differ from before the loss"
                if was_lost else f"initialised ({self.lm_ids.size} landmarks)")
+        # Pose information at the initial pose (for the covariance), as in tracking.
+        k, hit = _lookup(self.lm_ids, ids)
+        _, self._info = refine_pose(T_cw, self.lm_X[k[hit]], xn[hit], np.ones(int(hit.sum())),
+                                    self._f, c.window_huber_px, 1)
+        e = np.linalg.norm(geo.reprojection_error(T_cw, self.lm_X[k[hit]], xn[hit]), axis=1) * self._f
+        e = e[e < c.window_inlier_px]
+        self._sigma2 = max(float(np.sum(e ** 2) / max(2 * e.size - 6, 1)), 0.05)
         residual, has_lm = self._residuals(ids, xn, T_cw)
         self._pending.update(T_cw=T_cw, is_init=True, reset=was_lost, message=msg)
         inliers = has_lm & (np.linalg.norm(residual, axis=1) < c.window_inlier_px)
@@ -421,9 +427,7 @@ class SlidingWindowEstimator:
         scoring alike, the geometry is ambiguous and initialisation waits for more parallax.
         """
         c = self.cfg
-        f = self._f
-        thr = c.window_inlier_px / f
-        tau = c.window_init_inlier_px / f
+        tau = c.window_init_inlier_px / self._f
         cands = []
         # A loose RANSAC threshold lets a few bad tracks pick the wrong minimum: stay at <= tau.
         for method, th in ((cv2.RANSAC, tau * 0.5), (cv2.RANSAC, tau), (cv2.LMEDS, tau)):

@@ -34,20 +34,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _trajectory_panel(ax, est_T: np.ndarray, gt_T: np.ndarray | None) -> None:
-    # Optical world frame: y points down, so "from above" looks along +y. With x to the right
-    # the forward axis z then points up on the page (right-handed view).
+# Top views: which two world axes span the ground plane, for the frame's "up" convention.
+# Optical world (up = -y): x to the right, z forward. z-up worlds (ROS, the synthetic scenes): x, y.
+TOP_VIEWS = {"-y": ((0, "x [right]"), (2, "z [forward]")), "+z": ((0, "x"), (1, "y"))}
+
+
+def _trajectory_panel(ax, est_T: np.ndarray, gt_T: np.ndarray | None, up: str) -> None:
+    (i, xl), (j, yl) = TOP_VIEWS[up]
     if gt_T is not None and len(gt_T):
         g = np.asarray(gt_T)[:, :3, 3]
-        ax.plot(g[:, 0], g[:, 2], "-", color="0.35", lw=1.5, label="ground truth")
-        ax.plot(g[0, 0], g[0, 2], "o", color="0.35", ms=7, mfc="none")
+        ax.plot(g[:, i], g[:, j], "-", color="0.35", lw=1.5, label="ground truth")
+        ax.plot(g[0, i], g[0, j], "o", color="0.35", ms=7, mfc="none")
     if est_T is not None and len(est_T):
         e = np.asarray(est_T)[:, :3, 3]
-        ax.plot(e[:, 0], e[:, 2], "-", color="tab:blue", lw=1.2, label="estimate (aligned)")
-        ax.plot(e[0, 0], e[0, 2], "o", color="tab:blue", ms=6, label="start")
-    ax.set_xlabel("x [right]")
-    ax.set_ylabel("z [forward]")
-    ax.set_title("trajectory, top view (looking down +y)")
+        ax.plot(e[:, i], e[:, j], "--", color="tab:blue", lw=1.2, label="estimate (aligned)")
+        ax.plot(e[0, i], e[0, j], "o", color="tab:blue", ms=6, label="start")
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    ax.set_title(f"trajectory, top view (up = {up})")
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(True, lw=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -83,7 +87,8 @@ def _depth_panels(fig, gs, depth_pred: np.ndarray, depth_gt: np.ndarray | None) 
     fig.colorbar(im, ax=fig.axes[-cols:], shrink=0.7, label="depth")
 
 
-def _cloud_panel(ax, cloud: Cloud) -> None:
+def _cloud_panel(ax, cloud: Cloud, up: str) -> None:
+    (i, xl), (j, yl) = TOP_VIEWS[up]
     n = len(cloud)
     idx = np.arange(n)
     if n > _MAX_SCATTER:   # fixed seed: the same cloud always gives the same picture
@@ -92,13 +97,13 @@ def _cloud_panel(ax, cloud: Cloud) -> None:
     rgb = np.asarray(cloud.rgb, dtype=np.uint32)[idx]
     colors = np.stack([(rgb >> 16) & 0xFF, (rgb >> 8) & 0xFF, rgb & 0xFF], 1) / 255.0
     dyn = np.asarray(cloud.dynamic)[idx] > 0.5
-    ax.scatter(xyz[~dyn, 0], xyz[~dyn, 2], c=colors[~dyn], s=1.0, lw=0, rasterized=True,
+    ax.scatter(xyz[~dyn, i], xyz[~dyn, j], c=colors[~dyn], s=1.0, lw=0, rasterized=True,
                label="static")
     if dyn.any():
-        ax.scatter(xyz[dyn, 0], xyz[dyn, 2], c=colors[dyn], s=6.0, edgecolors="magenta",
+        ax.scatter(xyz[dyn, i], xyz[dyn, j], c=colors[dyn], s=6.0, edgecolors="magenta",
                    linewidths=0.6, rasterized=True, label="dynamic (p > 0.5)")
-    ax.set_xlabel("x [right]")
-    ax.set_ylabel("z [forward]")
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
     ax.set_title(f"cloud, top view ({n} points)")
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(True, lw=0.3)
@@ -108,10 +113,11 @@ def _cloud_panel(ax, cloud: Cloud) -> None:
 def plot_summary(path_png: str | PathLike, est_T_aligned: np.ndarray, gt_T: np.ndarray | None,
                  depth_pred: np.ndarray | None = None, depth_gt: np.ndarray | None = None,
                  cloud: Cloud | None = None, title: str = "", metrics: dict | None = None,
-                 size_px: tuple[int, int] = (1400, 600), dpi: int = 100) -> None:
+                 size_px: tuple[int, int] = (1400, 600), dpi: int = 100, up: str = "-y") -> None:
     """Write a PNG of exactly ``size_px`` (width, height) pixels.
 
-    Left: estimate (already aligned to ground truth) and ground truth, x-z plane from above.
+    Left: estimate (already aligned to ground truth) and ground truth from above; ``up`` names
+    the world's up axis ('-y' optical frame, '+z' ROS / synthetic scenes).
     Right: predicted vs ground-truth depth when ``depth_pred`` is given, otherwise the cloud
     from above (rgb colours, dynamic points ringed in magenta), otherwise nothing.
     ``metrics`` (flat or one level nested dict) is printed under the plots.
@@ -128,11 +134,11 @@ def plot_summary(path_png: str | PathLike, est_T_aligned: np.ndarray, gt_T: np.n
     gs = fig.add_gridspec(1, 2 if has_right else 1, left=0.06, right=0.97, top=0.9,
                           bottom=bottom, wspace=0.2,
                           width_ratios=[1, 1.4] if has_right else None)
-    _trajectory_panel(fig.add_subplot(gs[0, 0]), est_T_aligned, gt_T)
+    _trajectory_panel(fig.add_subplot(gs[0, 0]), est_T_aligned, gt_T, up)
     if depth_pred is not None:
         _depth_panels(fig, gs[0, 1], depth_pred, depth_gt)
     elif cloud is not None:
-        _cloud_panel(fig.add_subplot(gs[0, 1]), cloud)
+        _cloud_panel(fig.add_subplot(gs[0, 1]), cloud, up)
     if title:
         fig.suptitle(title, fontsize=12)
     if text:

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from .cache import EngineCache, cache_subdir, engine_cache_key
-from .onnx_export import DEFAULT_OPSET, export_onnx
 from .runtime import BackendUnavailable, ModelSpec, ShapeProfile
 
 log = logging.getLogger(__name__)
@@ -204,7 +203,7 @@ def engine_io(trt, engine) -> list[TensorInfo]:
 class TrtRunner:
     def __init__(self, spec: ModelSpec, device: str = "cuda", cache_dir=None,
                  precision: str = "fp16", workspace_gb: float = 2.0, onnx_path=None,
-                 opset: int = DEFAULT_OPSET, copy_outputs: bool = True) -> None:
+                 opset: int = 17, copy_outputs: bool = True) -> None:
         if device != "cuda":
             raise BackendUnavailable(f"TensorRT runs on CUDA only, not on '{device}'")
         trt = import_tensorrt()
@@ -215,6 +214,7 @@ class TrtRunner:
         self.spec, self.device, self.precision = spec, device, precision
         self.backend = "tensorrt"
         self.copy_outputs = copy_outputs
+        from .onnx_export import export_onnx      # needs the onnx package; planning does not
         self.onnx_path = Path(onnx_path or export_onnx(spec, cache_subdir(cache_dir, "onnx"),
                                                        opset))
         onnx_bytes = self.onnx_path.read_bytes()

@@ -161,7 +161,8 @@ def _write_outputs(out, args, stamps, T_est, map_arr, cloud_arr, gt, gt_path, di
         s, R, t = E.fit_alignment(T_est[ia], gt_T[ib], "sim3")
         plot_summary(out / "summary.png", E.apply_alignment(T_est[ia], s, R, t), gt_T[ib],
                      cloud=_aligned_cloud(cloud, s, R, t) if cloud is not None else None,
-                     title=f"sirenpose demo: {args.preset}", metrics={
+                     title=f"sirenpose demo: {args.preset}", up="+z" if gt is not None else "-y",
+                     metrics={
                          k: result[k] for k in ("ate_rmse", "ate_percent_of_length",
                                                 "rpe_trans_rmse", "rpe_rot_rmse_deg", "tracked_share")})
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float))

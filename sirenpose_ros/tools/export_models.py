@@ -53,14 +53,33 @@ def rel_error(spec: ModelSpec, torch_runner, ort_runner) -> float:
 
 
 def median_ms(runner, inputs, repeats: int) -> float:
+    """Median wall time of one call; on CUDA synchronised, so it is the call's full latency."""
+    sync = torch.cuda.synchronize if runner.device == "cuda" else (lambda: None)
     for _ in range(2):
         runner(*inputs)
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         runner(*inputs)
+        sync()
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
+
+
+def bench_cuda(spec: ModelSpec, repeats: int) -> str:
+    """Median ms of the CUDA backends that run here (TensorRT fp16, torch, torch + CUDA graphs)."""
+    from ..inference import BACKENDS, BackendUnavailable
+    inputs = tuple(t.cuda() for t in spec.example_inputs())
+    parts = []
+    for name in ("tensorrt", "torch", "torch-cudagraph"):
+        try:
+            runner = BACKENDS[name](spec, "cuda")
+        except BackendUnavailable as exc:
+            parts.append(f"{name} n/a ({str(exc).split(';')[0][:40]})")
+            continue
+        parts.append(f"{name} {median_ms(runner, inputs, repeats):.2f}")
+    return "cuda median ms: " + "  ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 t_ort = median_ms(ort_runner, inputs, args.bench)
                 print(f"{'':24s} cpu median ms: torch {t_torch:7.1f}  onnxruntime {t_ort:7.1f}  "
                       f"(x{t_torch / t_ort:.2f}, threads {args.threads or 'default'})")
+                if torch.cuda.is_available():
+                    print(f"{'':24s} {bench_cuda(spec, args.bench)}")
     return 1 if failures else 0
 
 
