@@ -27,6 +27,18 @@ N_FRAMES, W, H = 60, 320, 240
 # End to end on a rendered 'easy' sequence (one pipeline run shared by the tests below)
 # ---------------------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """torch's default intra-op threads (= cores) make the field stage 10-50x slower when the
+    2-core test machine is busy with anything else (spinning worker threads); one thread keeps
+    this file's run time steady. Restored afterwards."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def sequence(tmp_path_factory):
     root = tmp_path_factory.mktemp("seq")
@@ -47,7 +59,12 @@ def test_outputs_exist_and_agree_with_metrics(run):
     out, m, seq = run
     for name in ("trajectory.tum", "map.ply", "cloud.ply", "metrics.json", "summary.png"):
         assert (out / name).stat().st_size > 0, name
-    assert json.loads((out / "metrics.json").read_text())["frames_processed"] == m["frames_processed"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["frames_processed"] == m["frames_processed"]
+    assert {"tracked_share", "longest_lost_run", "resets", "ate_rmse", "ate_percent_of_length",
+            "rpe_trans_rmse", "rpe_rot_rmse_deg", "depth_abs_rel", "depth_delta1",
+            "dyn_mask_iou", "dyn_kp_f1", "fps", "timings_ms"} <= saved.keys()
+    assert {"frontend", "window", "field", "process"} <= saved["timings_ms"].keys()
     stamps, T = read_tum(out / "trajectory.tum")
     assert len(stamps) == m["frames_with_pose"]
     assert set(stamps.tolist()) <= set(seq.stamps_ns.tolist())     # input stamps, never now()

@@ -8,16 +8,12 @@ the previous frame, for instance).
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
 from .cache import cache_subdir
 from .onnx_export import DEFAULT_OPSET, export_onnx
 from .runtime import BackendUnavailable, ModelSpec
-
-log = logging.getLogger(__name__)
 
 # ONNX Runtime's type strings for the tensor types these models use.
 _ORT_TO_NUMPY = {

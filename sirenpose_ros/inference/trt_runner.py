@@ -17,7 +17,6 @@ so they are tested without TensorRT or a GPU.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,6 @@ import torch
 
 from .cache import EngineCache, cache_subdir, engine_cache_key
 from .runtime import BackendUnavailable, ModelSpec, ShapeProfile
-
-log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16")
 
