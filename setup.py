@@ -30,6 +30,7 @@ setup(
             f"sirenpose_synth = {PACKAGE}.tools.synth:main",
             f"sirenpose_eval = {PACKAGE}.tools.evaluate:cli",
             f"sirenpose_demo = {PACKAGE}.tools.demo:main",
+            f"sirenpose_export_models = {PACKAGE}.tools.export_models:main",
         ],
     },
 )

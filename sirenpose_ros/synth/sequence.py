@@ -126,12 +126,14 @@ def write_bag(seq: Sequence, bag_dir: str | Path, storage: str = "mcap",
         c_img = writer.add_connection(f"{topic_prefix}/image_raw", img_t, typestore=ts)
         c_info = writer.add_connection(f"{topic_prefix}/camera_info", info_t, typestore=ts)
         for i, stamp in enumerate(seq.stamps_ns.tolist()):
+            # CameraInfo first, as camera drivers do, so the first image already has its
+            # intrinsics when replayed or read.
+            info = camera_info_msg(ts, seq.K, seq.width, seq.height, stamp)
+            writer.write(c_info, stamp, ts.serialize_cdr(info, info_t))
             img = Image(header=_header(ts, stamp), height=seq.height, width=seq.width,
                         encoding="rgb8", is_bigendian=0, step=3 * seq.width,
                         data=seq.rgb[i].reshape(-1))
             writer.write(c_img, stamp, ts.serialize_cdr(img, img_t))
-            info = camera_info_msg(ts, seq.K, seq.width, seq.height, stamp)
-            writer.write(c_info, stamp, ts.serialize_cdr(info, info_t))
 
 
 def read_bag_images(bag_dir: str | Path, topic: str = "/camera/image_raw"):

@@ -510,7 +510,8 @@ def _plot(path: Path, metrics: dict, T: np.ndarray, sim3, matched, dense, cloud)
         depth_pred, depth_gt = dense.last_depth
     plot_summary(path, est, gt_T, depth_pred=depth_pred, depth_gt=depth_gt,
                  cloud=cloud if depth_pred is None else None,
-                 title=f"sirenpose offline: {_bag_label(metrics['bag'])}", metrics=shown)
+                 title=f"sirenpose offline: {_bag_label(metrics['bag'])}", metrics=shown,
+                 up="+z" if gt_T is not None else "-y")   # GT worlds (synthetic, mocap) are z-up
 
 
 # ---------------------------------------------------------------------------------------------
