@@ -244,3 +244,34 @@ def epipolar_offset(E: np.ndarray, xn1: np.ndarray, xn2: np.ndarray) -> np.ndarr
     nrm = np.linalg.norm(line[:, :2], axis=1) + 1e-300
     d = np.sum(h2 * line, axis=1) / nrm
     return (line[:, :2] / nrm[:, None]) * d[:, None]
+
+
+def kabsch_rotation(a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Rotation R minimising sum w |R a - b|^2 for direction sets a, b (..., N, 3), batched.
+
+    Returns (..., 3, 3) proper rotations (det +1). Used for the pure-rotation model of bearings
+    (b = R a) where it is the exact least-squares solution.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if w is not None:
+        a = a * np.asarray(w, dtype=np.float64)[..., None]
+    M = np.swapaxes(b, -1, -2) @ a                       # sum_n w b a^T
+    U, _, Vt = np.linalg.svd(M)
+    d = np.sign(np.linalg.det(U @ Vt))
+    d = np.where(d == 0, 1.0, d)
+    D = np.zeros(M.shape)
+    D[..., 0, 0] = 1.0
+    D[..., 1, 1] = 1.0
+    D[..., 2, 2] = d
+    return U @ D @ Vt
+
+
+def rotation_residual(R: np.ndarray, xn1: np.ndarray, xn2: np.ndarray) -> np.ndarray:
+    """Residual vectors (N, 2), normalized coordinates, of xn2 against the pure-rotation
+    prediction proj(R bearing(xn1)); infinite where the rotated ray points backwards."""
+    h = np.concatenate([xn1, np.ones((xn1.shape[0], 1))], axis=1) @ np.asarray(R).T
+    z = h[:, 2]
+    r = h[:, :2] / np.where(np.abs(z) < 1e-12, 1e-12, z)[:, None] - xn2
+    r[z <= 0] = np.inf
+    return r

@@ -39,12 +39,13 @@ PARAMS = [
 ]
 
 WEIGHTS_NAME = "motion_gnn.safetensors"
-FEATURE_VERSION = 1          # bump when the features change: old weight files are refused
+FEATURE_VERSION = 2          # bump when the features change: old weight files are refused
 GAPS = (1, 4, 12)            # frame gaps of the pose-free motion models
 MIN_FIT_POINTS = 12          # fewer tracks than this: no motion model for that gap
 HOMOGRAPHY_RANSAC_PX = 1.0
 FUNDAMENTAL_RANSAC_PX = 1.0
-NODE_FEATURES = 5 + 8 * len(GAPS)
+MEMORY_RATE = 0.3           # per-frame rate of each track's running mean of its own evidence
+NODE_FEATURES = 5 + 9 * len(GAPS) + 1 + len(GAPS)
 EDGE_FEATURES = 3 + 2 * len(GAPS)
 
 
@@ -112,6 +113,9 @@ class MotionFeatures:
         self._ids = np.zeros(0, np.int64)                    # sorted track ids of the last frame
         self._hist = np.zeros((0, max(GAPS), 2))             # positions 1..max(GAPS) frames ago
         self._age = np.zeros(0, np.int64)                    # frames seen before this one
+        # Running mean per track of [static-model residual, offset per gap] (log1p pixels), NaN
+        # until the first value: one frame of evidence is noisy, a track's record is not.
+        self._mem = np.zeros((0, 1 + len(GAPS)))
         self._max_id = -1
 
     def _ids_reissued(self, ids: np.ndarray) -> bool:
@@ -137,11 +141,13 @@ class MotionFeatures:
         # History of the current nodes: row j of hist = position j+1 frames ago (NaN = unknown).
         hist = np.full((n, max(GAPS), 2), np.nan)
         age = np.zeros(n, np.int64)
+        mem = np.full((n, 1 + len(GAPS)), np.nan)
         if self._ids.size and n:
             k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
             hit = self._ids[k] == ids
             hist[hit] = self._hist[k[hit]]
             age[hit] = self._age[k[hit]] + 1
+            mem[hit] = self._mem[k[hit]]
 
         res = np.asarray(obs.residual_px, np.float64).reshape(-1, 2)
         known = np.all(np.isfinite(res), axis=1)
@@ -149,6 +155,7 @@ class MotionFeatures:
         cols = [known.astype(np.float64), *_signed_log(res0).T, np.log1p(np.linalg.norm(res0, axis=1)),
                 np.log1p(np.minimum(age, 30)) / np.log(31.0)]
         gap_offsets = []
+        now = [np.where(known, np.log1p(np.linalg.norm(res0, axis=1)), np.nan)]   # memory inputs
         informed = known.copy()
         for g in GAPS:
             prev = hist[:, g - 1]
@@ -165,8 +172,17 @@ class MotionFeatures:
                 ctx = np.array([np.log1p(flow), fit[2], fit[3]])
             informed |= have
             gap_offsets.append((have, hres))
-            cols += [have.astype(np.float64), *_signed_log(hres).T, np.log1p(np.linalg.norm(hres, axis=1)),
+            mag = np.log1p(np.linalg.norm(hres, axis=1))
+            # Offset relative to the frame's typical one: fast camera motion inflates everyone's.
+            rel = mag - np.median(mag[have]) if have.any() else np.zeros(n)
+            now.append(np.where(have, mag, np.nan))
+            cols += [have.astype(np.float64), *_signed_log(hres).T, mag, np.where(have, rel, 0.0),
                      np.log1p(epi), *np.broadcast_to(ctx[:, None], (3, n))]
+        now = np.stack(now, axis=1)
+        with np.errstate(invalid="ignore"):
+            upd = np.where(np.isnan(mem), now, mem + MEMORY_RATE * (now - mem))
+        mem = np.where(np.isnan(now), mem, upd)          # no value this frame: keep the record
+        cols += list(np.nan_to_num(mem).T)
         x = np.stack(cols, axis=1) if n else np.zeros((0, NODE_FEATURES))
 
         # Edge features are symmetric in the two ends (the graph's edges are undirected).
@@ -184,7 +200,7 @@ class MotionFeatures:
         # the frontend never revives an id).
         order = np.argsort(ids)
         new_hist = np.concatenate([px[:, None], hist[:, :-1]], axis=1)
-        self._ids, self._hist, self._age = ids[order], new_hist[order], age[order]
+        self._ids, self._hist, self._age, self._mem = ids[order], new_hist[order], age[order], mem[order]
         if n:
             self._max_id = max(self._max_id, int(ids.max()))
         return x.astype(np.float32), ea.astype(np.float32), informed

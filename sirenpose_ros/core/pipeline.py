@@ -9,6 +9,11 @@ Stages (each timed into ``FrameResult.timings_ms``):
 5. ``cloud``: the rendered depth back-projected with colour, dynamic probability and velocity;
    static points fused into a voxel map on keyframes.
 
+Two calls split one frame so that a node can publish the pose before the slow dense stages:
+``track(frame)`` runs stages 1-3 (pose, keypoints, dynamic probability, keypoint depth) and
+``densify(result)`` runs stages 4-5 on that frame (every ``pipeline_dense_every`` tracked frames,
+keyframes always); ``process(frame) == densify(track(frame))``.
+
 Images wider than ``pipeline_max_image_width`` are downscaled once (INTER_AREA) for all stages;
 keypoints are reported in input-image pixels. A change of camera geometry (intrinsics,
 distortion or resolution) or a stamp earlier than the previous one resets the pipeline and says
@@ -34,6 +39,7 @@ from sirenpose_ros.core.window import SlidingWindowEstimator
 PARAMS = [
     ParamSpec("pipeline_max_image_width", 640, "Images wider than this are downscaled for processing (pixels); keypoints are still reported in input pixels.", 64, 8192),
     ParamSpec("pipeline_blas_threads", 1, "OpenBLAS threads for the estimator's small matrices (1 avoids thread contention that made 40x100 products 100x slower on a busy 2-core CPU); 0 leaves the library default.", 0, 256),
+    ParamSpec("pipeline_dense_every", 1, "Run the dense stages (field fit, cloud) on every N-th tracked frame, and on every keyframe, so that a slow CPU keeps up with the pose stream; 1 = every frame.", 1, 1000),
     ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
 ]
 
@@ -79,6 +85,8 @@ class Pipeline:
         self._camera = None          # input camera of the current stream
         self._work_camera = None     # camera at the processing resolution
         self._last_stamp = None
+        self._dense_ctx = None       # what densify() needs from the latest track()
+        self._tracked_count = 0      # tracked frames since the dense state was reset
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
@@ -95,6 +103,7 @@ class Pipeline:
         self._reset_dense()
 
     def _reset_dense(self) -> None:
+        self._tracked_count = 0
         if self.field is not None:
             self.field.reset()
         self.voxels.clear()
@@ -106,6 +115,14 @@ class Pipeline:
 
     # ------------------------------------------------------------------ per frame
     def process(self, frame: Frame) -> FrameResult:
+        """Pose and dense output of one frame (offline tools, tests)."""
+        return self.densify(self.track(frame))
+
+    def track(self, frame: Frame) -> FrameResult:
+        """Stages 1-3: pose, keypoints, dynamic probability and keypoint depth of ``frame``.
+
+        Depth, cloud and map are left empty; pass the result to :meth:`densify` to fill them.
+        """
         t_start = time.perf_counter()
         cfg = self.cfg
         messages, reset = [], False
@@ -165,15 +182,39 @@ class Pipeline:
             stamp_ns=frame.stamp_ns, state=wres.state, T_world_cam=wres.T_world_cam,
             covariance=wres.covariance, velocity_world=wres.velocity_world,
             is_keyframe=wres.is_keyframe, keypoints=px_full, keypoint_ids=ids.copy(),
-            dynamic_prob=g.p_dynamic.copy(), reset=reset, message="; ".join(messages),
-            timings_ms=timings)
+            dynamic_prob=g.p_dynamic.copy(), keypoint_depth=wres.landmark_depth.copy(),
+            reset=reset, message="; ".join(messages), timings_ms=timings)
+        self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, wres=wres)
+        if wres.state == TrackingState.TRACKING:
+            self._tracked_count += 1
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        return result
+
+    def densify(self, result: FrameResult) -> FrameResult:
+        """Stages 4-5 (field fit and cloud) for the frame of the latest :meth:`track` call.
+
+        Fills ``depth``, ``cloud``, ``map_cloud`` and the field/cloud timings of ``result`` (in
+        place; it is also returned). Skipped, with empty outputs, when the frame has no pose, on
+        tracked frames between every ``pipeline_dense_every``-th one (keyframes always run), and
+        while there is no landmark depth to fit (rotation-only tracking before initialisation).
+        """
+        ctx = self._dense_ctx
+        if ctx is None or ctx["result"] is not result:
+            raise ValueError("densify() takes the FrameResult of the latest track() call, once")
+        self._dense_ctx = None
+        t_start = time.perf_counter()
+        timings = result.timings_ms
 
         # 4. field and 5. cloud (only with a pose)
         timings["field"] = 0.0
         timings["cloud"] = 0.0
-        if wres.state == TrackingState.TRACKING and self.field is not None:
-            self._dense(frame, cam, xn, g.p_dynamic, wres, result, timings)
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        wres = ctx["wres"]
+        due = wres.is_keyframe or (self._tracked_count - 1) % int(self.cfg.pipeline_dense_every) == 0
+        has_depth = bool(np.any(np.isfinite(wres.landmark_depth)))
+        if (wres.state == TrackingState.TRACKING and self.field is not None and due
+                and (has_depth or self.field.fitted)):
+            self._dense(ctx["frame"], ctx["cam"], ctx["xn"], ctx["p_dyn"], wres, result, timings)
+        timings["total"] = timings.get("total", 0.0) + (time.perf_counter() - t_start) * 1e3
         return result
 
     def _dense(self, frame, cam, xn, p_dyn, wres, result, timings) -> None:

@@ -54,6 +54,13 @@ PARAMS = [
     ParamSpec("window_dynamic_threshold", 0.5, "Keypoints above this dynamic probability are not used to initialise, triangulate or seed PnP.", 0.0, 1.0),
     ParamSpec("window_dynamic_cull", 0.7, "Landmarks above this dynamic probability are removed.", 0.0, 1.0),
     ParamSpec("window_dynamic_weighting", True, "Weight reprojection residuals by 1 - p_dynamic (off: every landmark counts fully).", None, None),
+    ParamSpec("window_rotation_only", True, "Before (re-)initialisation, output rotation-only poses (translation held at the reference's) while a pure rotation explains the tracks: a nearly still or purely rotating camera is tracked instead of waiting for parallax that never comes.", None, None),
+    ParamSpec("window_rotation_inlier_px", 1.0, "Residual (pixels) of a track against the pure-rotation model below which it is an inlier; a static point's residual is its parallax, so this bounds the translation the rotation-only pose ignores.", 0.1, 20.0),
+    ParamSpec("window_rotation_min_inlier_ratio", 0.6, "Rotation-only poses need this share of the usable tracks as inliers (a translating camera loses them as parallax grows).", 0.0, 1.0),
+    ParamSpec("window_rotation_hypotheses", 64, "Two-point RANSAC hypotheses of the pure-rotation model.", 8, 2000),
+    ParamSpec("window_rotation_translation_std", 0.5, "Standard deviation of each position coordinate of a rotation-only pose, in units of the reference's median scene depth (large: the translation is held, not measured).", 0.0, 1000.0),
+    ParamSpec("window_coverage_cell_px", 32.0, "Cell size (pixels) for the spatial coverage of a model's inliers: with several rigid motions in view, the model supported over more of the image (the background) wins over a larger but compact moving object.", 4.0, 1000.0),
+    ParamSpec("window_static_world", False, "Ablation: ignore dynamic probabilities everywhere in the estimator (every track counts as static, no weighting, no culling).", None, None),
     ParamSpec("window_velocity_frames", 3, "Frames spanned by the finite-difference velocity.", 1, 30),
 ]
 
@@ -165,6 +172,56 @@ def refine_pose(T_cw: np.ndarray, X: np.ndarray, xn: np.ndarray, w: np.ndarray, 
     return T, H
 
 
+def coverage_cells(xn: np.ndarray, cell: float) -> np.ndarray:
+    """Compact index (N,) of the square cell (side ``cell``, normalized units) holding each point."""
+    ij = np.floor(xn / cell).astype(np.int64)
+    _, inv = np.unique(ij[:, 0] * 1_000_003 + ij[:, 1], return_inverse=True)
+    return inv.ravel()
+
+
+def coverage(inliers: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Number of distinct cells holding an inlier, per row of ``inliers`` (M, N) bool."""
+    occ = np.zeros((inliers.shape[0], int(cells.max()) + 1 if cells.size else 1), bool)
+    m, n = np.nonzero(inliers)
+    occ[m, cells[n]] = True
+    return occ.sum(axis=1)
+
+
+def fit_rotation(x1: np.ndarray, x2: np.ndarray, f: float, inlier_px: float, cell: float,
+                 n_hyp: int, rng: np.random.Generator, prior: np.ndarray | None = None):
+    """Robust pure-rotation model x2 ~ R x1 (normalized coordinates) of a barely translating camera.
+
+    Hypotheses: identity, the previous frame's rotation ``prior`` and ``n_hyp`` two-point Kabsch
+    fits. Each is scored by the spatial coverage of its inliers first (a compact moving object
+    must not win over the background it occludes), then by the inlier count; the winner is
+    refitted on its inliers. Returns (R, inliers (N,), residual norms (N,) in pixels).
+    """
+    n = x1.shape[0]
+    b1, b2 = geo.bearings(x1), geo.bearings(x2)
+    hyps = [np.eye(3)[None]]
+    if prior is not None:
+        hyps.append(np.asarray(prior, np.float64)[None])
+    if n >= 2:
+        idx = rng.integers(0, n, (int(n_hyp), 2))
+        idx = idx[idx[:, 0] != idx[:, 1]]
+        if idx.size:
+            hyps.append(geo.kabsch_rotation(b1[idx], b2[idx]))
+    Rs = np.concatenate(hyps)
+    # Chord between predicted and observed bearings ~ angle; times f ~ pixels.
+    err = np.linalg.norm(np.einsum("mij,nj->mni", Rs, b1) - b2[None], axis=2) * f
+    inl = err < inlier_px
+    score = coverage(inl, coverage_cells(x2, cell)) + inl.sum(axis=1) / (n + 1.0)
+    R = Rs[int(np.argmax(score))]
+    for _ in range(3):
+        e = np.linalg.norm(b1 @ R.T - b2, axis=1) * f
+        inl = e < inlier_px
+        if inl.sum() < 2:
+            break
+        R = geo.kabsch_rotation(b1[inl], b2[inl])
+    e = np.linalg.norm(b1 @ R.T - b2, axis=1) * f
+    return R, e < inlier_px, e
+
+
 def sampson_residuals(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     """First-order geometric (Sampson) distance of each correspondence to the epipolar geometry
     (R, t) of view 2 w.r.t. view 1, in normalized units."""
@@ -248,6 +305,7 @@ class SlidingWindowEstimator:
         self._pending = None           # data carried from estimate_pose to update_map
         self._info = np.eye(6)
         self._sigma2 = 1.0
+        self._rng = np.random.default_rng(0)     # RANSAC sampling: reproducible runs
 
     def _clear_map(self) -> None:
         self.keyframes: list[Keyframe] = []
@@ -275,6 +333,8 @@ class SlidingWindowEstimator:
         ids = np.asarray(ids, np.int64)
         xn = np.asarray(xn, np.float64)
         p_prior = np.asarray(p_prior, np.float64)
+        if self.cfg.window_static_world:
+            p_prior = np.zeros_like(p_prior)
         self._f = float(focal_px)
         n = ids.shape[0]
         nan = np.full((n, 2), np.nan)
@@ -287,9 +347,15 @@ class SlidingWindowEstimator:
             self.state = TrackingState.LOST
             self._clear_map()
             self._ref = dict(self._last_good) if self._last_good is not None else None
-            self._pending = None
-            return PoseEstimate(TrackingState.LOST, None, nan, np.zeros(n, bool), np.zeros(n, bool),
-                                message="tracking lost: too few pose inliers; re-initialising")
+            lost = "tracking lost: too few pose inliers; re-initialising"
+            if self._ref is None or not self.cfg.window_rotation_only:
+                self._pending = None
+                return PoseEstimate(TrackingState.LOST, None, nan, np.zeros(n, bool), np.zeros(n, bool),
+                                    message=lost)
+            # The last good frame may still explain this one by a rotation (e.g. a sudden turn).
+            est = self._initialise(stamp_ns, ids, xn, p_prior)
+            est.message = lost + ("; " + est.message if est.message else "")
+            return est
         return self._initialise(stamp_ns, ids, xn, p_prior)
 
     # ------------------------------------------------------------------ per frame, phase 2
@@ -297,11 +363,19 @@ class SlidingWindowEstimator:
         """Keyframe decision, triangulation, bundle adjustment and culling for the frame given to
         the last :meth:`estimate_pose`, with each track's dynamic probability ``p_dynamic``."""
         pend, self._pending = self._pending, None
+        if pend is not None and "rot" in pend:
+            # Rotation-only pose (before initialisation): no map to update.
+            T_wc = pend["rot"]["T_wc"]
+            self._history.append((pend["stamp"], T_wc))
+            return WindowResult(TrackingState.TRACKING, T_wc, pend["rot"]["cov"], self._velocity(), False,
+                                np.full(pend["ids"].shape[0], np.nan), pend["rot"]["message"])
         if pend is None or self.state != TrackingState.TRACKING:
             n = 0 if pend is None else pend["ids"].shape[0]
             return WindowResult(self.state, None, None, None, False, np.full(n, np.nan))
         ids, xn = pend["ids"], pend["xn"]
         p_dynamic = np.asarray(p_dynamic, np.float64)
+        if self.cfg.window_static_world:
+            p_dynamic = np.zeros_like(p_dynamic)
         # Landmarks take the current probability of their track.
         k, hit = _lookup(self.lm_ids, ids)
         self.lm_p[k[hit]] = p_dynamic[hit]
@@ -326,38 +400,39 @@ class SlidingWindowEstimator:
     def _initialise(self, stamp_ns, ids, xn, p_prior) -> PoseEstimate:
         c = self.cfg
         n = ids.shape[0]
-        nan = np.full((n, 2), np.nan)
-        state = self.state
         if self._ref is None:
             self._ref = dict(ids=ids, xn=xn, T_wc=np.eye(4), depth_target=1.0, stamp=stamp_ns)
-            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
-                                message="initialising: reference frame set")
+            # The reference is the world origin: its pose is known (rotation-only output).
+            rot = self._rotation_pose(self._ref, ids, xn, np.ones(n, bool), p_prior, identity=True)
+            return self._not_initialised("reference frame set", rot, n)
         ref = self._ref
         k, hit = _lookup(np.sort(ref["ids"]), ids)
         order = np.argsort(ref["ids"])
         ref_xn = ref["xn"][order]
         usable = hit & (p_prior < c.window_dynamic_threshold)
-        if hit.sum() < c.window_init_min_points:
-            # The reference is fading out of view: restart from this frame. Before the first
-            # initialisation the world is simply re-anchored here (identity); after a loss this
-            # frame's pose is unknown and is extrapolated from the last tracked motion (constant
-            # velocity), a guess that the next map's poses will be chained from.
+        rot = self._rotation_pose(ref, ids, xn, hit, p_prior, k=k, ref_xn=ref_xn)
+        if hit.sum() < c.window_init_min_points or (
+                rot is not None and hit.sum() < 2 * c.window_init_min_points):
+            # The reference is fading out of view: restart from this frame. Its pose is the
+            # rotation-only one when that holds; else, before the first initialisation, the world
+            # is simply re-anchored here (identity); after a loss this frame's pose is unknown and
+            # is extrapolated from the last tracked motion (constant velocity), a guess that the
+            # next map's poses will be chained from.
             T_wc = np.eye(4)
-            if self.state == TrackingState.LOST and self._history:
+            if rot is not None:
+                T_wc = rot["T_wc"]
+            elif self.state == TrackingState.LOST and self._history:
                 T_wc = geo.invert(self._predict(stamp_ns))
             self._ref = dict(ids=ids, xn=xn, T_wc=T_wc, depth_target=ref["depth_target"], stamp=stamp_ns)
-            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
-                                message="initialising: reference frame renewed")
+            return self._not_initialised("reference frame renewed", rot, n)
         x1 = ref_xn[k[usable]]
         x2 = xn[usable]
-        flow = np.median(np.linalg.norm(x2 - x1, axis=1))
+        flow = np.median(np.linalg.norm(x2 - x1, axis=1)) if x1.size else 0.0
         if flow < np.tan(np.radians(c.window_init_min_parallax_deg)) or x1.shape[0] < c.window_init_min_points:
-            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
-                                message="initialising: waiting for parallax")
+            return self._not_initialised("waiting for parallax", rot, n)
         rel = self._relative_pose(x1, x2)
         if isinstance(rel, str):
-            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
-                                message="initialising: " + rel)
+            return self._not_initialised(rel, rot, n)
         R, t, inl = rel
         T21 = geo.make_T(R, t)
         X1 = geo.triangulate(np.eye(4)[:3], T21[:3], x1, x2)
@@ -371,12 +446,10 @@ class SlidingWindowEstimator:
         good &= (z1 > 0) & (z2 > 0) & (e1 < c.window_inlier_px) & (e2 < c.window_inlier_px)
         good &= par > c.window_tri_min_parallax_deg
         if good.sum() < c.window_init_min_points:
-            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
-                                message=f"initialising: only {int(good.sum())} good points")
+            return self._not_initialised(f"only {int(good.sum())} good points", rot, n)
         med_par = float(np.median(geo.ray_angle_deg(R, x1[inl], x2[inl])))
         if med_par < c.window_init_min_parallax_deg:
-            return PoseEstimate(state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
-                                message="initialising: waiting for parallax")
+            return self._not_initialised("waiting for parallax", rot, n)
         # Scale convention: median landmark depth in the reference camera = depth_target.
         s = ref["depth_target"] / np.median(z1[good])
         T21[:3, 3] *= s
@@ -415,6 +488,72 @@ class SlidingWindowEstimator:
         inliers = has_lm & (np.linalg.norm(residual, axis=1) < c.window_inlier_px)
         return PoseEstimate(TrackingState.TRACKING, geo.invert(T_cw), residual, has_lm, inliers,
                             message=msg, reset=was_lost)
+
+    def _not_initialised(self, why: str, rot: dict | None, n: int) -> PoseEstimate:
+        """Estimate of a frame that did not initialise: the rotation-only pose if there is one,
+        else no pose."""
+        nan = np.full((n, 2), np.nan)
+        if rot is None:
+            return PoseEstimate(self.state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
+                                message="initialising: " + why)
+        rot["message"] = f"rotation-only tracking (translation held) while initialising: {why}"
+        self._pending["rot"] = rot
+        return PoseEstimate(TrackingState.TRACKING, rot["T_wc"], rot["residual"], np.zeros(n, bool),
+                            rot["inliers"], message=rot["message"])
+
+    def _rotation_pose(self, ref, ids, xn, hit, p_prior, k=None, ref_xn=None, identity=False):
+        """Rotation-only pose of the current frame w.r.t. the initialisation reference, or None.
+
+        While the camera barely translates, the tracks shared with the reference follow a pure
+        rotation (homography R in normalized coordinates) up to their parallax; if enough of the
+        usable tracks do (``window_rotation_min_inlier_ratio``), the pose is the reference's with
+        that rotation and the reference's position, and each track's residual against the model
+        is returned for the dynamic graph. ``identity``: the current frame is the reference.
+        """
+        c = self.cfg
+        if not c.window_rotation_only:
+            return None
+        n = ids.shape[0]
+        f = self._f
+        residual = np.full((n, 2), np.nan)
+        if identity:
+            R = np.eye(3)
+            inl = np.ones(n, bool)
+            residual[:] = 0.0
+            e_in = np.zeros(0)
+            b_in = geo.bearings(xn)
+        else:
+            usable = hit & (p_prior < c.window_dynamic_threshold)
+            if usable.sum() < c.window_min_inliers:
+                return None
+            x1_all = ref_xn[k[hit]]
+            x1, x2 = ref_xn[k[usable]], xn[usable]
+            R, inl_u, err = fit_rotation(x1, x2, f, c.window_rotation_inlier_px,
+                                         c.window_coverage_cell_px / f, c.window_rotation_hypotheses,
+                                         self._rng, ref.get("R_prev"))
+            if inl_u.sum() < max(c.window_min_inliers, c.window_rotation_min_inlier_ratio * usable.sum()):
+                return None
+            residual[hit] = geo.rotation_residual(R, x1_all, xn[hit]) * f
+            residual[~np.isfinite(residual).all(axis=1) & hit] = 1e3
+            inl = np.zeros(n, bool)
+            inl[np.flatnonzero(usable)[inl_u]] = True
+            e_in = err[inl_u]
+            b_in = geo.bearings(x1[inl_u]) @ R.T
+            ref["R_prev"] = R
+        # T_cur_ref = (R, 0): the current camera sits at the reference's position.
+        T_wc = ref["T_wc"] @ geo.make_T(R.T, np.zeros(3))
+        # Covariance: rotation from the model's Gauss-Newton information and the inlier residual
+        # variance (camera frame, then world); position: the held translation's large prior.
+        _, Jp = _proj_jacobians(b_in / b_in[:, 2:3], f)
+        Jr = Jp[:, :, 3:]
+        H = np.einsum("nai,naj->ij", Jr, Jr) + np.eye(3) * 1e-9
+        sigma2 = max(float(np.mean(e_in ** 2)) if e_in.size else 0.0, 0.05)
+        R_wc = T_wc[:3, :3]
+        cov = np.zeros((6, 6))
+        std = c.window_rotation_translation_std * ref["depth_target"]
+        cov[:3, :3] = np.eye(3) * std * std
+        cov[3:, 3:] = R_wc @ (np.linalg.inv(H) * sigma2) @ R_wc.T
+        return dict(T_wc=T_wc, cov=0.5 * (cov + cov.T), residual=residual, inliers=inl)
 
     def _relative_pose(self, x1, x2):
         """Relative pose of view 2 w.r.t. view 1 (unit translation) and its inliers, or a string

@@ -79,6 +79,12 @@ def run_pipeline(gray, stamps, camera, scorer=None):
     return rec.observations, results, pipe
 
 
+def working_size(width, height, cfg):
+    """The pipeline's processing resolution for an input size (it downscales wide images)."""
+    s = min(1.0, cfg.pipeline_max_image_width / width)
+    return (width, height) if s >= 1.0 else (int(round(width * s)), int(round(height * s)))
+
+
 def keypoint_labels(px_work, work_size, mask):
     """Object id (0 static) and boundary ambiguity at working-resolution keypoints in a GT mask."""
     H, W = mask.shape
@@ -100,7 +106,7 @@ def record(preset, seed, n_frames, width, height, cache: Path, keep_gray=True):
     seq = render_sequence(preset, seed, n_frames, width, height)
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in seq.rgb])
     obs, results, pipe = run_pipeline(gray, seq.stamps_ns, _camera(seq))
-    work = (pipe._work_camera.width, pipe._work_camera.height)
+    work = working_size(seq.width, seq.height, pipe.cfg)
     d = {k: [] for k in ("ids", "px", "res", "prev", "obj", "amb", "geo_p", "edges")}
     n_nodes, n_edges, tracking = [], [], []
     for i, (o, r) in enumerate(zip(obs, results)):
