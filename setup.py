@@ -30,7 +30,11 @@ setup(
             f"sirenpose_synth = {PACKAGE}.tools.synth:main",
             f"sirenpose_eval = {PACKAGE}.tools.evaluate:cli",
             f"sirenpose_demo = {PACKAGE}.tools.demo:main",
+            f"sirenpose_soak = {PACKAGE}.tools.soak:main",
+            f"sirenpose_accuracy = {PACKAGE}.tools.accuracy:main",
+            f"sirenpose_real = {PACKAGE}.tools.real_data:main",
             f"sirenpose_export_models = {PACKAGE}.tools.export_models:main",
+            f"sirenpose_benchmark = {PACKAGE}.tools.benchmark:main",
         ],
     },
 )

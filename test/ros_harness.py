@@ -41,22 +41,23 @@ class RosSession:
     """A node process plus, in this process, a publisher of camera frames and a recorder."""
 
     def __init__(self, tmp: Path, params: dict | None = None, namespace: str = "",
-                 compressed: bool = False) -> None:
+                 compressed: bool = False, image_topic: str = IMAGE_TOPIC,
+                 info_topic: str = INFO_TOPIC) -> None:
         import os
         self.ns = namespace
         p = f"{namespace}/" if namespace else ""
-        remaps = {"image": IMAGE_TOPIC, "camera_info": INFO_TOPIC,
-                  "image/compressed": IMAGE_TOPIC + "/compressed"}
+        remaps = {"image": image_topic, "camera_info": info_topic,
+                  "image/compressed": image_topic + "/compressed"}
         self.log = tmp / f"node{namespace.replace('/', '_')}.log"
         self.proc = spawn.start(spawn.node_command(params or {}, remaps, namespace or None),
                                 dict(os.environ), self.log)
         if not rclpy.ok():
             rclpy.init()
-        self.node = rclpy.create_node("test_camera")
+        self.node = rclpy.create_node(f"test_camera{namespace.replace('/', '_')}")
         qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10)
         self.pub_image = self.node.create_publisher(CompressedImage if compressed else Image,
-                                                    IMAGE_TOPIC + ("/compressed" if compressed else ""), qos)
-        self.pub_info = self.node.create_publisher(CameraInfo, INFO_TOPIC, qos)
+                                                    image_topic + ("/compressed" if compressed else ""), qos)
+        self.pub_info = self.node.create_publisher(CameraInfo, info_topic, qos)
         self.rec = OutputRecorder(ns=p.rstrip("/"), name=f"rec{namespace.replace('/', '_')}")
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
@@ -103,11 +104,26 @@ class RosSession:
             self.pub_image.publish(image_msg(rgb, int(stamp)))
             self.wait_for(lambda: self.processed() > before, lockstep_timeout, f"frame {stamp}")
 
+    def diagnostics(self) -> dict[str, str]:
+        """This session's node's latest diagnostics (/diagnostics is shared by every node)."""
+        name = f"{self.ns}/sirenpose:"
+        with self.rec.lock:
+            msgs = list(self.rec.diagnostics)
+        for msg in reversed(msgs):
+            for status in msg.status:
+                if status.name.startswith(name):
+                    return {kv.key: kv.value for kv in status.values}
+        return {}
+
+    def counter(self, name: str) -> int:
+        return int(self.diagnostics().get(name, 0))
+
     def processed(self) -> int:
         """Frames the node finished (from its odometry and diagnostics)."""
-        d = self.rec.latest_diagnostics()
-        return max(len(self.rec.odom), int(d.get("frames_processed", 0)) + int(d.get("bad_image", 0))
-                   + int(d.get("no_camera_info", 0)) + int(d.get("size_mismatch", 0)))
+        d = self.diagnostics()
+        return max(len(self.rec.odom), sum(int(d.get(k, 0)) for k in (
+            "frames_processed", "bad_image", "no_camera_info", "size_mismatch", "duplicate_stamp",
+            "camera_info_unmatched")))
 
     def close(self) -> int:
         rc = spawn.stop(self.proc)

@@ -127,6 +127,14 @@ def _png_with_size(w: int, h: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
 
 
+def _jpeg_with_size(w: int, h: int) -> bytes:
+    """A real small JPEG whose frame header (SOF0) is patched to claim w x h."""
+    jpg = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    i = jpg.index(b"\xff\xc0")
+    jpg[i + 5:i + 9] = struct.pack(">HH", h, w)
+    return bytes(jpg)
+
+
 _IMG = np.random.default_rng(1).integers(0, 255, (12, 16, 3), dtype=np.uint8)
 VALID_STREAMS = [cv2.imencode(".jpg", _IMG)[1].tobytes(), cv2.imencode(".png", _IMG)[1].tobytes(),
                  cv2.imencode(".png", _IMG[..., 0])[1].tobytes(),
@@ -140,9 +148,11 @@ def compressed_messages(draw):
                                           "16UC1; compressedDepth png", "tiff", ""]),
                          st.text(max_size=10)))
     kind = draw(st.sampled_from(["valid", "valid", "truncated", "flipped", "magic+junk", "junk",
-                                 "huge_png"]))
+                                 "huge_png", "huge_jpeg"]))
     if kind == "huge_png":
         data = _png_with_size(draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 2**31 - 1)))
+    elif kind == "huge_jpeg":
+        data = _jpeg_with_size(draw(st.integers(0, 65535)), draw(st.integers(0, 65535)))
     elif kind in ("junk", "magic+junk"):
         junk = draw(st.binary(max_size=256))
         data = (draw(st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"])) + junk
@@ -166,6 +176,21 @@ def test_compressed_image_decodes_or_raises_value_error(msg, max_pixels):
     if err is None:
         check_decoded(out)
         assert out[0].size <= max_pixels
+
+
+def test_jpeg_header_claiming_a_huge_frame_is_refused_before_decoding():
+    """A 600-byte JPEG that claims 20000x20000 made OpenCV allocate ~2.3 GB and spend ~5 s
+    before the size check (found by this file; fixed with messages.jpeg_size)."""
+    import time
+    msg = CompressedImage(format="jpeg", data=_jpeg_with_size(20000, 20000))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="allowed maximum"):
+        M.decode_image_msg(msg, 16, 4096 * 4096)
+    assert time.perf_counter() - t0 < 0.2
+    for q in ([cv2.IMWRITE_JPEG_QUALITY, 90], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]):
+        jpg = cv2.imencode(".jpg", _IMG, q)[1].tobytes()
+        assert M.jpeg_size(jpg) == (16, 12)
+    assert M.jpeg_size(VALID_STREAMS[1]) is None        # PNG
 
 
 def test_valid_compressed_streams_decode():

@@ -28,7 +28,7 @@ from sirenpose_ros.ros.node_params import NODE_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "sirenpose_ros"
-LAUNCH_FILES = ["live.launch.py", "replay.launch.py"]
+LAUNCH_FILES = ["live.launch.py", "replay.launch.py", "multi_camera.launch.py"]
 LIVE_YAML = REPO / "config" / "live.yaml"
 RVIZ_FILE = REPO / "config" / "sirenpose.rviz"
 FILE_SUFFIXES = (".yaml", ".yml", ".rviz", ".xml", ".launch.py")
@@ -414,7 +414,7 @@ def test_launch_starts_only_package_executables(name):
         assert src.is_file(), f"console script '{exe}': module file {src.relative_to(REPO)} missing"
         defs = {n.name for n in ast.parse(src.read_text()).body if isinstance(n, ast.FunctionDef)}
         assert func in defs, f"console script '{exe}': {module} has no function {func}()"
-    assert started, f"{name} starts nothing"
+    assert started or lf.included(), f"{name} starts nothing and includes nothing"
 
 
 def test_live_launch_runs_the_node_as_specified():
@@ -530,6 +530,33 @@ def test_replay_launch_forwards_live_arguments():
     assert replay.arg(r_declared["bag"], "default_value") is None, "'bag' must be required"
     assert replay.text(replay.default("rate")) == "1.0"
     assert replay.text(replay.default("loop")) == "1"
+
+
+def test_multi_camera_launch_includes_live_once_per_namespaced_camera():
+    lf = launch_file("multi_camera.launch.py")
+    live = launch_file("live.launch.py")
+    includes = lf.included()
+    assert [t for t, _ in includes] == ["live.launch.py"] * 2, includes
+    declared = lf.declared()
+    namespaces = []
+    for (_, inc), cam in zip(includes, ("front", "rear")):
+        passed = lf.include_arguments(inc)
+        # Every live argument except rviz comes from this file's own per-camera or shared argument.
+        for arg in live.declared():
+            assert arg in passed, f"multi_camera.launch.py: {cam} does not pass '{arg}'"
+        for arg in ("namespace", "image_topic", "camera_info_topic", "params_file", "image_transport"):
+            assert ast.unparse(passed[arg]) == f"LaunchConfiguration('{cam}_{arg}')", (cam, arg)
+        assert lf.text(passed["rviz"]) == "false"
+        namespaces.append(lf.text(lf.default(f"{cam}_namespace")))
+        # Scoped: each include sits in its own GroupAction, so its configurations do not leak.
+        groups = [g for g in calls(lf.tree, "GroupAction") if any(n is inc for n in ast.walk(g))]
+        assert len(groups) == 1, f"{cam} include is not inside its own GroupAction"
+    assert namespaces == ["cam_front", "cam_rear"], namespaces
+    assert lf.text(lf.default("front_image_topic")) != lf.text(lf.default("rear_image_topic"))
+    # Nothing global: no environment, no other actions than arguments and the two groups.
+    for action in ("SetEnvironmentVariable", "SetRemap", "SetParameter", "Node", "ExecuteProcess"):
+        assert not calls(lf.tree, action), f"multi_camera.launch.py uses {action}"
+    assert set(declared) >= {"use_sim_time", "log_level"}
 
 
 def test_replay_command_uses_existing_player_options():

@@ -10,14 +10,23 @@ import torch
 
 from sirenpose_ros.core.config import make_config
 from sirenpose_ros.core.graph import GraphObservation, delaunay_edges
-from sirenpose_ros.core.motion_gnn import (EDGE_FEATURES, NODE_FEATURES, GNNScorer, MotionGNN,
-                                           default_weights_path, load_model, save_weights)
+from sirenpose_ros.core.motion_gnn import (EDGE_FEATURES, FEATURE_VERSION, NODE_FEATURES, GNNScorer,
+                                           MotionGNN, default_weights_path, load_model, save_weights)
 
 # Held-out check: seed 7 is in neither the training seeds (0, 1, 2) nor the evaluation seeds
 # (100, 101) of the shipped weights (models/MOTION_GNN.md).
 HELDOUT = dict(preset="multi_object", seed=7, n_frames=45, width=320, height=240)
 # Measured on HELDOUT: see the F1_BOUND note in models/MOTION_GNN.md.
-F1_BOUND = 0.75
+F1_BOUND = 0.65
+
+
+@pytest.fixture
+def one_torch_thread():
+    # Tiny graphs: on the busy 2-core test machine extra threads only wait on each other.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _graph(n, rng):
@@ -51,7 +60,7 @@ def test_shipped_weights_are_small_safetensors_and_run():
     assert p0.shape == (0,) and r0.shape == (0,)
 
 
-def test_permutation_equivariance():
+def test_permutation_equivariance(one_torch_thread):
     rng = np.random.default_rng(1)
     torch.manual_seed(0)
     model = MotionGNN().eval()
@@ -101,8 +110,12 @@ def test_weight_file_errors(tmp_path):
     from safetensors.torch import load_file, save_file
     state = load_file(str(other))
     state.pop("node_out.2.bias")
-    save_file(state, str(other), metadata={"feature_version": "1", "hidden": "16", "layers": "1"})
+    save_file(state, str(other), metadata={"feature_version": str(FEATURE_VERSION), "hidden": "16", "layers": "1"})
     with pytest.raises(ValueError, match="do not match the network"):
+        load_model(other)
+    # Weights trained on other input features are refused (they would run and silently mislead).
+    save_file(state, str(other), metadata={"feature_version": str(FEATURE_VERSION + 100)})
+    with pytest.raises(ValueError, match="feature version"):
         load_model(other)
     with pytest.raises(FileNotFoundError):
         GNNScorer(make_config({}), weights=str(tmp_path / "missing.safetensors"))

@@ -35,9 +35,12 @@ def test_end_to_end_easy_sequence(easy):
     pipe = Pipeline(make_config({"field_steps_per_frame": 2}))
     cam = _camera(easy)
     results = [pipe.process(_frame(easy, i, cam)) for i in range(N_FRAMES)]
-    tracked = [i for i, r in enumerate(results) if r.state == TrackingState.TRACKING]
-    assert tracked and tracked[0] <= 10                                  # initialised quickly
-    assert tracked == list(range(tracked[0], N_FRAMES))                  # never lost after
+    init = next(i for i, r in enumerate(results) if "initialised" in r.message)
+    assert init <= 10                                                    # initialised quickly
+    tracked = list(range(init, N_FRAMES))
+    assert all(results[i].state == TrackingState.TRACKING for i in tracked)   # never lost after
+    posed = [r.T_world_cam is not None for r in results]
+    assert posed[0] and np.mean(posed) >= 0.9          # rotation-only poses before, few gaps
     assert not any(r.reset for r in results)
     est = np.stack([results[i].T_world_cam for i in tracked])
     a = ate(est, easy.T_world_cam[tracked])
@@ -73,7 +76,8 @@ def test_intrinsics_change_resets_cleanly(easy):
     other = CameraModel.pinhole(320, 240, K[0, 0] * 1.1, K[1, 1] * 1.1, K[0, 2], K[1, 2])
     r = pipe.process(_frame(easy, 20, other))
     assert r.reset and "camera changed" in r.message
-    assert r.state == TrackingState.INITIALIZING and r.T_world_cam is None
+    # A new world frame starts here: the first frame is its origin (rotation-only pose).
+    assert "rotation-only" in r.message and np.allclose(r.T_world_cam, np.eye(4))
     assert len(r.keypoint_ids) > 0
     # It re-initialises with the new camera and tracks again.
     later = [pipe.process(_frame(easy, i, other)) for i in range(21, N_FRAMES)]
@@ -87,7 +91,8 @@ def test_time_going_backwards_resets(easy):
     for i in range(15):
         pipe.process(_frame(easy, i, cam))
     r = pipe.process(_frame(easy, 0, cam))
-    assert r.reset and "backwards" in r.message and r.state == TrackingState.INITIALIZING
+    assert r.reset and "backwards" in r.message and np.allclose(r.T_world_cam, np.eye(4))
+    assert np.all(np.isnan(r.keypoint_depth))         # no map yet
 
 
 def test_large_images_are_processed_downscaled_with_keypoints_in_input_pixels(easy):
@@ -107,3 +112,84 @@ def test_large_images_are_processed_downscaled_with_keypoints_in_input_pixels(ea
         assert a.state == b.state
         if a.T_world_cam is not None:
             assert np.allclose(a.T_world_cam, b.T_world_cam, atol=1e-9)
+
+
+def test_track_then_densify_equals_process(easy):
+    """The split API gives the same results as process(); the pose comes before the dense stage."""
+    cfg = {"field_steps_per_frame": 2}
+    a, b = Pipeline(make_config(cfg)), Pipeline(make_config(cfg))
+    cam = _camera(easy)
+    for i in range(9):
+        ra = a.process(_frame(easy, i, cam))
+        rb = b.track(_frame(easy, i, cam))
+        assert rb.depth is None and rb.cloud is None and "field" not in rb.timings_ms
+        assert (rb.T_world_cam is None) == (ra.T_world_cam is None)
+        if ra.T_world_cam is not None:
+            assert np.array_equal(ra.T_world_cam, rb.T_world_cam)
+        assert np.array_equal(ra.keypoint_ids, rb.keypoint_ids)
+        assert np.array_equal(ra.keypoint_depth, rb.keypoint_depth, equal_nan=True)
+        assert rb.keypoint_depth.shape == rb.keypoint_ids.shape
+        rb = b.densify(rb)
+        assert (ra.depth is None) == (rb.depth is None)
+        if ra.depth is not None:
+            assert np.array_equal(ra.depth, rb.depth, equal_nan=True)
+            assert np.array_equal(ra.cloud.xyz, rb.cloud.xyz)
+    # Tracked with a map: keypoint depth is the landmark depth (positive where known).
+    d = rb.keypoint_depth
+    assert np.isfinite(d).sum() > 50 and np.all(d[np.isfinite(d)] > 0)
+    with pytest.raises(ValueError):
+        b.densify(rb)                                  # once per track()
+
+
+def test_dense_every_n_frames_keeps_keyframes(easy):
+    pipe = Pipeline(make_config({"field_steps_per_frame": 1, "field_hidden": 16, "pipeline_dense_every": 3}))
+    cam = _camera(easy)
+    rs = [pipe.process(_frame(easy, i, cam)) for i in range(14)]
+    mapped = [r for r in rs if r.keypoint_depth is not None and np.isfinite(r.keypoint_depth).any()]
+    dense = [r.depth is not None for r in mapped]
+    assert 0 < sum(dense) < len(mapped)                 # some tracked frames skip the field
+    assert all(r.depth is not None for r in mapped if r.is_keyframe)
+
+
+def test_nearly_still_camera_is_tracked_by_rotation():
+    """The 'still' preset (millimetre jitter, no parallax) never initialises 6-DoF; it is tracked
+    from the first frame with rotation-only poses."""
+    seq = render_sequence("still", seed=0, n_frames=16, width=320, height=240)
+    pipe = Pipeline(make_config({"field_enabled": False}))
+    cam = _camera(seq)
+    rs = [pipe.process(_frame(seq, i, cam)) for i in range(len(seq.rgb))]
+    assert all(r.T_world_cam is not None for r in rs)
+    est = np.stack([r.T_world_cam for r in rs])
+    gt = np.stack([np.linalg.inv(seq.T_world_cam[0]) @ T for T in seq.T_world_cam])
+    # Rotation error: measured < 0.1 degrees.
+    dR = np.einsum("nji,njk->nik", est[:, :3, :3], gt[:, :3, :3])
+    ang = np.degrees(np.arccos(np.clip((np.trace(dR, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    assert ang.max() < 0.3
+    # Held translation: its error is the jitter itself, a tiny share of the scene depth
+    # (measured ~0.1 %; target < 1 %).
+    err = np.linalg.norm(gt[:, :3, 3] - gt[:, :3, 3].mean(0), axis=1)
+    depth = np.median(seq.depth[np.isfinite(seq.depth)])
+    assert np.sqrt(np.mean(err ** 2)) < 0.01 * depth
+    assert np.allclose(est[:, :3, 3], 0.0)
+    cov = rs[-1].covariance
+    assert cov[0, 0] > 1e3 * cov[3, 3]                 # translation: held, not measured
+
+
+def test_large_moving_object_is_kept_out_of_initialisation():
+    """large_dynamic: a big textured panel moves close to a slow camera. Dynamic reasoning
+    (multi-frame motion evidence before initialisation) beats the static-world ablation."""
+    n = 45
+    seq = render_sequence("large_dynamic", seed=0, n_frames=n, width=320, height=240)
+    cam = _camera(seq)
+
+    def run(static_world):
+        pipe = Pipeline(make_config({"field_enabled": False, "window_static_world": static_world}))
+        rs = [pipe.process(_frame(seq, i, cam)) for i in range(n)]
+        idx = [i for i, r in enumerate(rs) if r.T_world_cam is not None and "rotation-only" not in r.message]
+        a = ate(np.stack([rs[i].T_world_cam for i in idx]), seq.T_world_cam[idx])
+        return a["rmse"] / trajectory_length(seq.T_world_cam[idx[0]:]), len(idx)
+
+    with_dyn, n_dyn = run(False)
+    static, _ = run(True)
+    assert n_dyn >= n - 20
+    assert with_dyn < 0.5 * static

@@ -18,10 +18,11 @@ class Config(dict):
 
 def pipeline_params() -> list[ParamSpec]:
     """All parameter specs of the core pipeline (imported lazily to keep module import cheap)."""
-    from sirenpose_ros.core import (cloud, field, frontend, graph, image, pipeline, scale, window,
-                                     xfeat_frontend)
+    from sirenpose_ros.core import (cloud, field, frontend, graph, image, joint, losses, motion_gnn,
+                                     pipeline, scale, window, xfeat_frontend)
     specs: list[ParamSpec] = []
-    for mod in (image, pipeline, frontend, xfeat_frontend, graph, window, field, cloud, scale):
+    for mod in (image, pipeline, frontend, xfeat_frontend, graph, motion_gnn, window, joint, losses,
+                field, cloud, scale):
         specs.extend(getattr(mod, "PARAMS", []))
     names = [s.name for s in specs]
     dupes = {n for n in names if names.count(n) > 1}

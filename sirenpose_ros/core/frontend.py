@@ -18,6 +18,8 @@ PARAMS = [
     ParamSpec("frontend_max_keypoints", 350, "Number of keypoints the frontend keeps alive per frame.", 20, 5000),
     ParamSpec("frontend_min_distance_px", 10.0, "Minimum distance between keypoints (working-resolution pixels).", 1.0, 200.0),
     ParamSpec("frontend_quality_level", 0.001, "Corner quality threshold relative to the best corner (goodFeaturesToTrack).", 1e-5, 0.5),
+    ParamSpec("frontend_min_quality_level", 1e-4, "Adaptive detection: when too few corners pass frontend_quality_level (low texture), the threshold is lowered tenfold at a time down to this.", 1e-6, 0.5),
+    ParamSpec("frontend_subpixel", True, "Refine new corners to sub-pixel accuracy (cornerSubPix) before tracking them.", None, None),
     ParamSpec("frontend_block_size", 5, "Corner detector window (pixels, odd).", 3, 15),
     ParamSpec("frontend_klt_window_px", 21, "KLT window side (pixels, odd).", 5, 61),
     ParamSpec("frontend_klt_levels", 3, "KLT pyramid levels above the base image.", 0, 6),
@@ -126,11 +128,28 @@ class KLTFrontend:
         mask[-b:] = 0
         mask[:, :b] = 0
         mask[:, -b:] = 0
-        corners = cv2.goodFeaturesToTrack(gray, maxCorners=4 * need, qualityLevel=cfg.frontend_quality_level,
-                                          minDistance=cfg.frontend_min_distance_px, mask=mask,
-                                          blockSize=int(cfg.frontend_block_size))
+        # Quality is relative to the strongest corner: in a low-texture image a few strong edges
+        # set a bar the rest cannot reach, so lower it while too few corners pass.
+        quality = float(cfg.frontend_quality_level)
+        while True:
+            corners = cv2.goodFeaturesToTrack(gray, maxCorners=4 * need, qualityLevel=quality,
+                                              minDistance=cfg.frontend_min_distance_px, mask=mask,
+                                              blockSize=int(cfg.frontend_block_size))
+            n_found = 0 if corners is None else len(corners)
+            if n_found >= need or quality <= cfg.frontend_min_quality_level:
+                break
+            quality = max(quality * 0.1, float(cfg.frontend_min_quality_level))
         if corners is None:
             return tracks
+        if cfg.frontend_subpixel:
+            # Corner positions to a fraction of a pixel: less noise in the first (and every later)
+            # position of the track, which matters most when tracks are few.
+            # A refinement that moves by more than a pixel slid along an edge: keep the original.
+            c0 = corners.astype(np.float32)
+            c1 = cv2.cornerSubPix(gray, c0.copy(), (3, 3), (-1, -1),
+                                  (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 0.03))
+            moved = np.linalg.norm((c1 - c0).reshape(-1, 2), axis=1) > 1.0
+            corners = np.where(moved[:, None, None], c0, c1)
         corners = corners.reshape(-1, 2).astype(np.float32)   # sorted by corner strength
         # Spread the budget over a grid: each cell may hold about n_max / cells keypoints; new
         # corners go to cells in strength order until their cell is full.

@@ -129,8 +129,12 @@ class KeypointGraph:
         obs = GraphObservation(ids, px, residual_px, edges, previous)
         evidence, rigidity = self.scorer(obs)
         known = np.isfinite(evidence)
-        conf = known.astype(np.float64)
-        p = np.where(known, evidence, previous)
+        # A node without new evidence keeps its own belief as (weaker) evidence: it still
+        # spreads within its rigid group, but static neighbours alone cannot clear a track that
+        # was found moving and is now unobservable (e.g. moving along its epipolar line).
+        conf = np.where(known, 1.0, 0.5)
+        evidence_or_prev = np.where(known, evidence, previous)
+        p = evidence_or_prev
         if edges.shape[0] and c.graph_smoothing_steps > 0 and c.graph_smoothing_weight > 0:
             # Rigidity-weighted averaging: evidence spreads within a rigid group, not across a
             # motion boundary, and fills in keypoints that have no evidence of their own.
@@ -138,7 +142,7 @@ class KeypointGraph:
             A = sp.csr_matrix((w, (np.concatenate([edges[:, 0], edges[:, 1]]),
                                    np.concatenate([edges[:, 1], edges[:, 0]]))), shape=(n, n))
             deg = np.asarray(A.sum(axis=1)).ravel() * c.graph_smoothing_weight
-            base = conf * np.where(known, evidence, 0.0)
+            base = conf * evidence_or_prev
             has_info = (conf + deg) > 1e-9
             for _ in range(int(c.graph_smoothing_steps)):
                 num = base + c.graph_smoothing_weight * (A @ p)

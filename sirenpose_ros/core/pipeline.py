@@ -32,6 +32,7 @@ from sirenpose_ros.core import field as field_mod
 from sirenpose_ros.core.config import Config, make_config
 from sirenpose_ros.core.frontend import KLTFrontend
 from sirenpose_ros.core.graph import KeypointGraph
+from sirenpose_ros.core.joint import JointWindowRefiner, apply_to_window, snapshot_from_window, warm_start
 from sirenpose_ros.core.params import ParamSpec
 from sirenpose_ros.core.types import Frame, FrameResult, TrackingState
 from sirenpose_ros.core.window import SlidingWindowEstimator
@@ -39,6 +40,8 @@ from sirenpose_ros.core.window import SlidingWindowEstimator
 PARAMS = [
     ParamSpec("pipeline_max_image_width", 640, "Images wider than this are downscaled for processing (pixels); keypoints are still reported in input pixels.", 64, 8192),
     ParamSpec("pipeline_blas_threads", 1, "OpenBLAS threads for the estimator's small matrices (1 avoids thread contention that made 40x100 products 100x slower on a busy 2-core CPU); 0 leaves the library default.", 0, 256),
+    ParamSpec("pipeline_frontend", "klt", "Keypoint frontend: 'klt' (corners + pyramidal KLT: fast on CPUs, most precise positions) or 'xfeat' (learned XFeat keypoints associated with LighterGlue or mutual nearest neighbours: robust to fast motion and blur, wants a GPU; see xfeat_* parameters).", choices=("klt", "xfeat")),
+    ParamSpec("pipeline_torch_threads", 1, "Torch CPU threads (field fit, learned networks on the CPU); 1 avoids OpenMP contention with the estimator on small CPUs; 0 leaves torch's default.", 0, 256),
     ParamSpec("pipeline_dense_every", 1, "Run the dense stages (field fit, cloud) on every N-th tracked frame, and on every keyframe, so that a slow CPU keeps up with the pose stream; 1 = every frame.", 1, 1000),
     ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
 ]
@@ -72,16 +75,32 @@ def limit_blas_threads(n: int) -> bool:
     return done
 
 
+def make_frontend(cfg: Config):
+    """The keypoint frontend chosen by ``pipeline_frontend``."""
+    if cfg.pipeline_frontend == "xfeat":
+        from sirenpose_ros.core.xfeat_frontend import XFeatFrontend   # torch + weights: only if used
+        return XFeatFrontend(cfg)
+    return KLTFrontend(cfg)
+
+
 class Pipeline:
     def __init__(self, cfg: Config | None = None):
         self.cfg = cfg if cfg is not None else make_config()
         if self.cfg.pipeline_blas_threads > 0:
             limit_blas_threads(self.cfg.pipeline_blas_threads)
-        self.frontend = KLTFrontend(self.cfg)
+        if self.cfg.pipeline_torch_threads > 0:
+            import torch
+            torch.set_num_threads(self.cfg.pipeline_torch_threads)
+        self.frontend = make_frontend(self.cfg)
         self.graph = KeypointGraph(self.cfg)
         self.window = SlidingWindowEstimator(self.cfg)
         self.field = field_mod.DepthFieldEstimator(self.cfg) if self.cfg.field_enabled else None
         self.voxels = cloud_mod.VoxelMap(self.cfg)
+        self.joint = JointWindowRefiner(self.cfg) if self.cfg.joint_enabled else None
+        self._joint_prev = None      # (snapshot, result) of the previous refinement: warm start
+        # World velocities of dynamic tracks from the last refinement: sorted ids, (N, 3).
+        self._vel_ids = np.zeros(0, np.int64)
+        self._vel = np.zeros((0, 3), np.float32)
         self._camera = None          # input camera of the current stream
         self._work_camera = None     # camera at the processing resolution
         self._last_stamp = None
@@ -97,6 +116,9 @@ class Pipeline:
         self._last_stamp = None
 
     def _reset_estimation(self) -> None:
+        self._joint_prev = None
+        self._vel_ids = np.zeros(0, np.int64)
+        self._vel = np.zeros((0, 3), np.float32)
         self.frontend.reset()
         self.graph.reset()
         self.window.reset()
@@ -125,16 +147,16 @@ class Pipeline:
         """
         t_start = time.perf_counter()
         cfg = self.cfg
-        messages, reset = [], False
+        messages, reset, new_world = [], False, False
         if self._camera is not None and not frame.camera.same_geometry(self._camera):
             self._reset_estimation()
             messages.append(f"camera changed ({self._camera!r} -> {frame.camera!r}): pipeline reset")
-            reset = True
+            reset = new_world = True
             self._camera = None
         if self._last_stamp is not None and frame.stamp_ns < self._last_stamp:
             self._reset_estimation()
             messages.append("time jumped backwards: pipeline reset")
-            reset = True
+            reset = new_world = True
         self._last_stamp = frame.stamp_ns
         if self._camera is None:
             self._set_camera(frame.camera)
@@ -170,6 +192,10 @@ class Pipeline:
         wres = self.window.update_map(g.p_dynamic)
         timings["window"] = (t_window + time.perf_counter() - t0) * 1e3
         timings["graph"] = t_graph * 1e3
+        if self.joint is not None and wres.is_keyframe and wres.state == TrackingState.TRACKING:
+            t0 = time.perf_counter()
+            self._refine_window(g, ids, cam)
+            timings["joint"] = (time.perf_counter() - t0) * 1e3
         if est.message:
             messages.append(est.message)
         if est.reset or wres.reset:
@@ -183,12 +209,31 @@ class Pipeline:
             covariance=wres.covariance, velocity_world=wres.velocity_world,
             is_keyframe=wres.is_keyframe, keypoints=px_full, keypoint_ids=ids.copy(),
             dynamic_prob=g.p_dynamic.copy(), keypoint_depth=wres.landmark_depth.copy(),
-            reset=reset, message="; ".join(messages), timings_ms=timings)
-        self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, wres=wres)
+            reset=reset, new_world=new_world, message="; ".join(messages), timings_ms=timings)
+        self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, ids=ids,
+                               wres=wres)
         if wres.state == TrackingState.TRACKING:
             self._tracked_count += 1
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return result
+
+    def _refine_window(self, g, ids: np.ndarray, cam) -> None:
+        """SirenPose joint refinement of the window (keyframes only): poses, landmarks and the
+        dynamic keypoints' positions under the geometric loss, with the field; keeps the
+        dynamic tracks' velocities for the cloud."""
+        snap = snapshot_from_window(self.window, g, ids, cam, self.cfg)
+        if snap is None:
+            return
+        if self._joint_prev is not None:
+            warm_start(snap, *self._joint_prev)
+        res = self.joint.refine(snap, self.field)
+        apply_to_window(self.window, snap, res)
+        self._joint_prev = (snap, res)
+        if snap.dyn_ids is not None:
+            ok = np.all(np.isfinite(res.velocity), axis=1)
+            order = np.argsort(snap.dyn_ids[ok])
+            self._vel_ids = np.asarray(snap.dyn_ids[ok][order], np.int64)
+            self._vel = np.asarray(res.velocity[ok][order], np.float32)
 
     def densify(self, result: FrameResult) -> FrameResult:
         """Stages 4-5 (field fit and cloud) for the frame of the latest :meth:`track` call.
@@ -213,11 +258,12 @@ class Pipeline:
         has_depth = bool(np.any(np.isfinite(wres.landmark_depth)))
         if (wres.state == TrackingState.TRACKING and self.field is not None and due
                 and (has_depth or self.field.fitted)):
-            self._dense(ctx["frame"], ctx["cam"], ctx["xn"], ctx["p_dyn"], wres, result, timings)
+            self._dense(ctx["frame"], ctx["cam"], ctx["xn"], ctx["p_dyn"], ctx["ids"], wres, result,
+                        timings)
         timings["total"] = timings.get("total", 0.0) + (time.perf_counter() - t_start) * 1e3
         return result
 
-    def _dense(self, frame, cam, xn, p_dyn, wres, result, timings) -> None:
+    def _dense(self, frame, cam, xn, p_dyn, ids, wres, result, timings) -> None:
         cfg = self.cfg
         W, H = cam.width, cam.height
         t0 = time.perf_counter()
@@ -253,11 +299,18 @@ class Pipeline:
         u = (cam.fx * xn[:, 0] + cam.cx) * (w - 1) / (W - 1)
         v = (cam.fy * xn[:, 1] + cam.cy) * (h - 1) / (H - 1)
         radius = cfg.pipeline_dynamic_radius_px * (w - 1) / (W - 1)
-        dyn = cloud_mod.densify_keypoint_values(np.stack([u, v], axis=1), p_dyn.astype(np.float32),
-                                                h, w, radius)[..., 0]
-        dyn = np.where(np.isfinite(dyn), dyn, cfg.graph_prior).astype(np.float32)
-        # Velocity: zero; per-point motion of dynamic keypoints is not estimated yet.
-        cloud = cloud_mod.backproject(dense_depth, K_small, wres.T_world_cam, rgb_small, dyn, None,
+        # Per keypoint: dynamic probability and world velocity (from the joint refinement for
+        # dynamic tracks, zero for static ones), spread to the grid by nearest keypoint.
+        vel = np.zeros((len(ids), 3), np.float32)
+        if len(self._vel_ids):
+            pos = np.clip(np.searchsorted(self._vel_ids, ids), 0, len(self._vel_ids) - 1)
+            hit = self._vel_ids[pos] == ids
+            vel[hit] = self._vel[pos[hit]]
+        values = np.column_stack([p_dyn.astype(np.float32), vel])
+        dense_kp = cloud_mod.densify_keypoint_values(np.stack([u, v], axis=1), values, h, w, radius)
+        dyn = np.where(np.isfinite(dense_kp[..., 0]), dense_kp[..., 0], cfg.graph_prior).astype(np.float32)
+        velocity = np.nan_to_num(dense_kp[..., 1:]).astype(np.float32)
+        cloud = cloud_mod.backproject(dense_depth, K_small, wres.T_world_cam, rgb_small, dyn, velocity,
                                       max_depth=cfg.cloud_max_depth)
         result.cloud = cloud
         if wres.is_keyframe:

@@ -68,5 +68,7 @@ class FrameResult:
     cloud: Cloud | None = None                  # current dense cloud (static + dynamic), world
     map_cloud: Cloud | None = None              # fused static map (only on keyframes)
     reset: bool = False                         # the pipeline re-initialised at this frame
+    new_world: bool = False                     # ... and its world frame restarted at this
+                                                # camera (not chained to the previous poses)
     message: str = ""                           # human-readable reason for state changes
     timings_ms: dict[str, float] = field(default_factory=dict)

@@ -44,9 +44,9 @@ PARAMS = [
     ParamSpec("window_robust_loss", "cauchy", "Robust loss of pose refinement and bundle adjustment. 'cauchy' fades out large residuals (moving points barely pull the pose before they are flagged); 'huber' bounds their influence only linearly.", choices=("huber", "cauchy")),
     ParamSpec("window_inlier_px", 2.5, "Reprojection error (pixels) below which an observation is an inlier.", 0.1, 50.0),
     ParamSpec("window_min_inliers", 15, "Tracking is lost below this many pose inliers.", 6, 1000),
-    ParamSpec("window_init_min_parallax_deg", 1.0, "Median rotation-compensated parallax (degrees) needed to initialise.", 0.1, 45.0),
+    ParamSpec("window_init_min_parallax_deg", 0.4, "Median rotation-compensated parallax (degrees) needed to initialise.", 0.1, 45.0),
     ParamSpec("window_init_inlier_px", 1.0, "Epipolar (Sampson) distance (pixels) of an inlier when initialising.", 0.1, 20.0),
-    ParamSpec("window_init_max_direction_std_deg", 1.0, "Initialise only when the standard deviation of the translation direction is below this (degrees).", 0.01, 90.0),
+    ParamSpec("window_init_max_depth_error", 0.08, "Initialise only when the median relative depth uncertainty of the initial landmarks (from the two-view pose covariance and the image noise) is below this: the gate that adapts to the number of tracks and the baseline geometry.", 0.001, 10.0),
     ParamSpec("window_init_min_points", 25, "Triangulated points needed to initialise.", 8, 5000),
     ParamSpec("window_init_homography_ratio", 0.9, "Refuse initialisation while a homography explains this share of the essential-matrix inliers (rotation only or planar).", 0.0, 1.0),
     ParamSpec("window_tri_min_parallax_deg", 0.5, "Minimum parallax angle (degrees) to triangulate a new landmark.", 0.01, 45.0),
@@ -56,10 +56,12 @@ PARAMS = [
     ParamSpec("window_dynamic_weighting", True, "Weight reprojection residuals by 1 - p_dynamic (off: every landmark counts fully).", None, None),
     ParamSpec("window_rotation_only", True, "Before (re-)initialisation, output rotation-only poses (translation held at the reference's) while a pure rotation explains the tracks: a nearly still or purely rotating camera is tracked instead of waiting for parallax that never comes.", None, None),
     ParamSpec("window_rotation_inlier_px", 1.0, "Residual (pixels) of a track against the pure-rotation model below which it is an inlier; a static point's residual is its parallax, so this bounds the translation the rotation-only pose ignores.", 0.1, 20.0),
+    ParamSpec("window_rotation_max_parallax_px", 0.3, "Rotation-only poses only while the median residual of the usable tracks against the rotation model (their parallax) is below this (pixels): the held translation is then below about this / focal of the scene depth.", 0.01, 20.0),
     ParamSpec("window_rotation_min_inlier_ratio", 0.6, "Rotation-only poses need this share of the usable tracks as inliers (a translating camera loses them as parallax grows).", 0.0, 1.0),
     ParamSpec("window_rotation_hypotheses", 64, "Two-point RANSAC hypotheses of the pure-rotation model.", 8, 2000),
     ParamSpec("window_rotation_translation_std", 0.5, "Standard deviation of each position coordinate of a rotation-only pose, in units of the reference's median scene depth (large: the translation is held, not measured).", 0.0, 1000.0),
     ParamSpec("window_coverage_cell_px", 32.0, "Cell size (pixels) for the spatial coverage of a model's inliers: with several rigid motions in view, the model supported over more of the image (the background) wins over a larger but compact moving object.", 4.0, 1000.0),
+    ParamSpec("window_motion_span_frames", 3, "Before initialisation, tracks are tested against the dominant (widest-spread) pure rotation over this many frames; those that do not follow it are reported to the dynamic graph, so a moving object is kept out of the initialisation.", 1, 30),
     ParamSpec("window_static_world", False, "Ablation: ignore dynamic probabilities everywhere in the estimator (every track counts as static, no weighting, no culling).", None, None),
     ParamSpec("window_velocity_frames", 3, "Frames spanned by the finite-difference velocity.", 1, 30),
 ]
@@ -235,6 +237,48 @@ def sampson_residuals(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarr
     return num / den
 
 
+def _cross3(u, v):
+    """Cross product of two 3-vectors (np.cross's generality costs ~20 us per call)."""
+    return np.array([u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]])
+
+
+def _tangent_basis(t):
+    """Two unit vectors spanning the plane orthogonal to the unit vector t."""
+    a = _cross3(t, np.array([1.0, 0, 0]) if abs(t[0]) < 0.9 else np.array([0, 1.0, 0]))
+    a /= np.linalg.norm(a)
+    return a, _cross3(t, a)
+
+
+def _perturb_relative(R, t, d, basis):
+    """(R, unit t) moved by d = (rotation (3), t along the two tangent directions (2))."""
+    t2 = t + d[3] * basis[0] + d[4] * basis[1]
+    return geo.so3_exp(d[:3]) @ R, t2 / np.linalg.norm(t2)
+
+
+def init_depth_uncertainty(R, t, cov5, sigma, x1, x2) -> np.ndarray:
+    """Relative depth standard deviation (N,) of each point triangulated from the two views.
+
+    Two sources, added in variance: the relative pose's uncertainty (5x5 covariance over rotation
+    and translation direction, propagated by re-triangulating at +-1 sigma along each principal
+    axis) and the image noise ``sigma`` (normalized units) of the point itself, sqrt(2) sigma /
+    parallax angle. This is the quantity that decides whether an initial map is worth building:
+    a short or ill-conditioned baseline gives depths that are mostly noise.
+    """
+    T = geo.make_T(R, t)
+    z0 = geo.triangulate(np.eye(4)[:3], T[:3], x1, x2)[:, 2]
+    lam, V = np.linalg.eigh(0.5 * (cov5 + cov5.T))
+    basis = _tangent_basis(t)
+    var = np.zeros(x1.shape[0])
+    for k in range(5):       # five principal axes, each vectorised over all points
+        d = V[:, k] * np.sqrt(max(lam[k], 0.0))
+        R2, t2 = _perturb_relative(R, t, d, basis)
+        z = geo.triangulate(np.eye(4)[:3], geo.make_T(R2, t2)[:3], x1, x2)[:, 2]
+        var += (z - z0) ** 2
+    alpha = np.radians(geo.ray_angle_deg(R, x1, x2))
+    rel = np.sqrt(var / np.maximum(z0 * z0, 1e-300) + 2.0 * sigma * sigma / np.maximum(alpha * alpha, 1e-300))
+    return np.where(np.isfinite(rel) & (z0 > 0), rel, np.inf)
+
+
 def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarray,
                          huber: float, iterations: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robust Gauss-Newton on the Sampson distance over all inliers (5 DOF: rotation and the
@@ -245,20 +289,7 @@ def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.nd
     (rotation, two directions of t) at the last linearisation."""
     R, t = R.copy(), t / np.linalg.norm(t)
     eps = 1e-7
-
-    def cross(u, v):      # 3-vectors; np.cross's generality costs ~20 us per call
-        return np.array([u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]])
-
-    def perturb(R, t, d, basis):
-        # t moves in the plane orthogonal to itself, then is renormalised.
-        t2 = t + d[3] * basis[0] + d[4] * basis[1]
-        return geo.so3_exp(d[:3]) @ R, t2 / np.linalg.norm(t2)
-
-    def tangent(t):
-        a = cross(t, np.array([1.0, 0, 0]) if abs(t[0]) < 0.9 else np.array([0, 1.0, 0]))
-        a /= np.linalg.norm(a)
-        return a, cross(t, a)
-
+    perturb, tangent = _perturb_relative, _tangent_basis
     r = sampson_residuals(R, t, x1, x2)
     cost = np.sum(_huber_cost(np.abs(r), huber))
     lam = 1e-4
@@ -306,6 +337,8 @@ class SlidingWindowEstimator:
         self._info = np.eye(6)
         self._sigma2 = 1.0
         self._rng = np.random.default_rng(0)     # RANSAC sampling: reproducible runs
+        # Recent (sorted ids, xn) before initialisation, for the multi-frame motion evidence.
+        self._recent = deque(maxlen=int(self.cfg.window_motion_span_frames))
 
     def _clear_map(self) -> None:
         self.keyframes: list[Keyframe] = []
@@ -336,6 +369,7 @@ class SlidingWindowEstimator:
         if self.cfg.window_static_world:
             p_prior = np.zeros_like(p_prior)
         self._f = float(focal_px)
+        self._stamp = int(stamp_ns)
         n = ids.shape[0]
         nan = np.full((n, 2), np.nan)
         self._pending = dict(stamp=stamp_ns, ids=ids, xn=xn, is_init=False, reset=False)
@@ -392,12 +426,55 @@ class SlidingWindowEstimator:
         if hit.any():
             depth[hit] = geo.transform(T_cw, self.lm_X[k[hit]])[:, 2]
         self._last_good = dict(ids=ids, xn=xn, T_wc=T_wc, stamp=pend["stamp"],
-                               depth_target=float(np.nanmedian(depth)) if hit.any() else 1.0)
+                               depth_target=float(np.nanmedian(depth)) if hit.any() else 1.0,
+                               depth=depth)
         return WindowResult(TrackingState.TRACKING, T_wc, self._covariance(T_wc), self._velocity(),
                             is_kf, depth, pend.get("message", ""), pend["reset"])
 
     # ------------------------------------------------------------------ initialisation
     def _initialise(self, stamp_ns, ids, xn, p_prior) -> PoseEstimate:
+        self._evidence = self._motion_evidence(ids, xn, p_prior)
+        o = np.argsort(ids)
+        self._recent.append((ids[o], xn[o]))
+        est = self._initialise_from_ref(stamp_ns, ids, xn, p_prior)
+        if est.state == TrackingState.TRACKING and self.state == TrackingState.TRACKING:
+            self._recent.clear()          # initialised: the map's residuals take over
+        return est
+
+    def _motion_evidence(self, ids, xn, p_prior) -> np.ndarray | None:
+        """Residual (N, 2) pixels of each track against the dominant pure rotation over the last
+        ``window_motion_span_frames`` frames, or None when no rotation explains most tracks.
+
+        Before a map exists, this is the evidence that lets the graph find moving objects: over
+        a few frames a slow camera's background follows a rotation to within its small parallax,
+        while a moving object's tracks do not. The rotation is the one whose inliers cover most
+        of the image (a compact object, however large its share of the tracks, covers less).
+        """
+        c = self.cfg
+        if not self._recent:
+            return None
+        old_ids, old_xn = self._recent[0]
+        k, hit = _lookup(old_ids, ids)
+        usable = hit & (p_prior < c.window_dynamic_threshold)
+        if usable.sum() < c.window_min_inliers:
+            return None
+        x1, x2 = old_xn[k[usable]], xn[usable]
+        cell = c.window_coverage_cell_px / self._f
+        R, inl, _ = fit_rotation(x1, x2, self._f, c.window_rotation_inlier_px, cell,
+                                 c.window_rotation_hypotheses, self._rng)
+        cells = coverage_cells(x2, cell)
+        # The rotation must hold over most of the image (not most of the tracks: a large object
+        # may own half of them); else the camera translates too much for clean evidence.
+        if inl.sum() < c.window_min_inliers or (
+                coverage(inl[None], cells)[0] < 0.5 * coverage(np.ones((1, inl.size), bool), cells)[0]):
+            return None
+        res = np.full((ids.shape[0], 2), np.nan)
+        r = geo.rotation_residual(R, old_xn[k[hit]], xn[hit]) * self._f
+        r[~np.isfinite(r)] = 1e3
+        res[hit] = r
+        return res
+
+    def _initialise_from_ref(self, stamp_ns, ids, xn, p_prior) -> PoseEstimate:
         c = self.cfg
         n = ids.shape[0]
         if self._ref is None:
@@ -451,7 +528,11 @@ class SlidingWindowEstimator:
         if med_par < c.window_init_min_parallax_deg:
             return self._not_initialised("waiting for parallax", rot, n)
         # Scale convention: median landmark depth in the reference camera = depth_target.
-        s = ref["depth_target"] / np.median(z1[good])
+        # The median runs over every inlier in front of both cameras, not only the well-
+        # triangulated ones kept as landmarks: those are biased towards near points on a short
+        # baseline, and the scale would jump at each re-initialisation.
+        broad = inl & np.all(np.isfinite(X1), axis=1) & (z1 > 0) & (z2 > 0)
+        s = ref["depth_target"] / np.median(z1[broad] if broad.sum() >= c.window_init_min_points else z1[good])
         T21[:3, 3] *= s
         X1 = X1s * s
         T_w_ref = ref["T_wc"]
@@ -465,8 +546,9 @@ class SlidingWindowEstimator:
         ro = np.argsort(ref["ids"])
         self.keyframes = [Keyframe(ref["stamp"], T_ref_w, ref["ids"][ro], ref["xn"][ro])]
         T_cw = T21 @ T_ref_w
+        z_before = float(np.median(geo.transform(T_ref_w, self.lm_X)[:, 2]))
         self._add_keyframe(stamp_ns, ids, xn, T_cw, p_prior, triangulate=False)
-        self._rescale(T_w_ref, ref["depth_target"])
+        self._rescale(T_w_ref, ref, z_before)
         T_cw = self.keyframes[-1].T_cw
         was_lost = self.state == TrackingState.LOST
         self.state = TrackingState.TRACKING
@@ -483,7 +565,7 @@ class SlidingWindowEstimator:
         e = np.linalg.norm(geo.reprojection_error(T_cw, self.lm_X[k[hit]], xn[hit]), axis=1) * self._f
         e = e[e < c.window_inlier_px]
         self._sigma2 = max(float(np.sum(e ** 2) / max(2 * e.size - 6, 1)), 0.05)
-        residual, has_lm = self._residuals(ids, xn, T_cw)
+        residual, has_lm = self._residuals(ids, xn, T_cw, p_prior)
         self._pending.update(T_cw=T_cw, is_init=True, reset=was_lost, message=msg)
         inliers = has_lm & (np.linalg.norm(residual, axis=1) < c.window_inlier_px)
         return PoseEstimate(TrackingState.TRACKING, geo.invert(T_cw), residual, has_lm, inliers,
@@ -492,9 +574,9 @@ class SlidingWindowEstimator:
     def _not_initialised(self, why: str, rot: dict | None, n: int) -> PoseEstimate:
         """Estimate of a frame that did not initialise: the rotation-only pose if there is one,
         else no pose."""
-        nan = np.full((n, 2), np.nan)
         if rot is None:
-            return PoseEstimate(self.state, None, nan, np.zeros(n, bool), np.zeros(n, bool),
+            evidence = self._evidence if self._evidence is not None else np.full((n, 2), np.nan)
+            return PoseEstimate(self.state, None, evidence, np.zeros(n, bool), np.zeros(n, bool),
                                 message="initialising: " + why)
         rot["message"] = f"rotation-only tracking (translation held) while initialising: {why}"
         self._pending["rot"] = rot
@@ -515,6 +597,16 @@ class SlidingWindowEstimator:
             return None
         n = ids.shape[0]
         f = self._f
+        if self.state == TrackingState.LOST and len(self._history) >= 2:
+            # After a loss the camera's recent speed is known: if it moved more since the
+            # reference than a rotation-only pose may ignore, a rotation that absorbs the
+            # translation (they look alike on a narrow view) must not be taken for one.
+            (t0, T0), (t1, T1) = self._history[-2], self._history[-1]
+            if t1 > t0:
+                speed = np.linalg.norm(T1[:3, 3] - T0[:3, 3]) / (t1 - t0)
+                moved = speed * max(self._stamp - ref["stamp"], 0)
+                if moved > c.window_rotation_max_parallax_px / f * ref["depth_target"]:
+                    return None
         residual = np.full((n, 2), np.nan)
         if identity:
             R = np.eye(3)
@@ -531,7 +623,8 @@ class SlidingWindowEstimator:
             R, inl_u, err = fit_rotation(x1, x2, f, c.window_rotation_inlier_px,
                                          c.window_coverage_cell_px / f, c.window_rotation_hypotheses,
                                          self._rng, ref.get("R_prev"))
-            if inl_u.sum() < max(c.window_min_inliers, c.window_rotation_min_inlier_ratio * usable.sum()):
+            if (inl_u.sum() < max(c.window_min_inliers, c.window_rotation_min_inlier_ratio * usable.sum())
+                    or np.median(err) > c.window_rotation_max_parallax_px):
                 return None
             residual[hit] = geo.rotation_residual(R, x1_all, xn[hit]) * f
             residual[~np.isfinite(residual).all(axis=1) & hit] = 1e3
@@ -540,6 +633,10 @@ class SlidingWindowEstimator:
             e_in = err[inl_u]
             b_in = geo.bearings(x1[inl_u]) @ R.T
             ref["R_prev"] = R
+        if self._evidence is not None:
+            # The multi-frame evidence is the sharper test of independent motion; the residual
+            # against the reference mixes in the parallax accumulated since the reference.
+            residual = np.where(np.isfinite(self._evidence), self._evidence, residual)
         # T_cur_ref = (R, 0): the current camera sits at the reference's position.
         T_wc = ref["T_wc"] @ geo.make_T(R.T, np.zeros(3))
         # Covariance: rotation from the model's Gauss-Newton information and the inlier residual
@@ -555,6 +652,35 @@ class SlidingWindowEstimator:
         cov[3:, 3:] = R_wc @ (np.linalg.inv(H) * sigma2) @ R_wc.T
         return dict(T_wc=T_wc, cov=0.5 * (cov + cov.T), residual=residual, inliers=inl)
 
+    def _essential_candidates(self, x1, x2, use):
+        """Robust relative-pose estimates fitted on the correspondences ``use``, each polished
+        on its inliers and scored (truncated MSAC cost over ``use``), best first; inliers are
+        evaluated on all correspondences. A string when the fitted set has too little parallax."""
+        c = self.cfg
+        tau = c.window_init_inlier_px / self._f
+        a, b = x1[use], x2[use]
+        cands = []
+        # A loose RANSAC threshold lets a few bad tracks pick the wrong minimum: stay at <= tau.
+        for method, th in ((cv2.RANSAC, tau * 0.5), (cv2.RANSAC, tau), (cv2.LMEDS, tau)):
+            E, mask = cv2.findEssentialMat(a, b, np.eye(3), method, 0.999, th)
+            if E is None or E.shape[0] < 3:
+                continue
+            _, R, t, _ = cv2.recoverPose(E[:3], a, b, np.eye(3), mask=mask.copy())
+            inl = (np.abs(sampson_residuals(R, t.ravel(), x1, x2)) < tau) & use
+            if inl.sum() < c.window_init_min_points:
+                continue
+            if not cands and np.median(geo.ray_angle_deg(R, a, b)) < c.window_init_min_parallax_deg:
+                # Cheap early exit: too little rotation-free motion. The median is over all
+                # fitted correspondences, not only the model's inliers, so that points which
+                # barely move (and fit any model) count against initialising.
+                return "waiting for parallax"
+            R, t, H = refine_relative_pose(R, t.ravel(), x1[inl], x2[inl], 0.5 * tau)
+            r = np.abs(sampson_residuals(R, t, x1, x2))
+            inl = r < tau
+            cands.append((float(np.sum(np.minimum(r[use], tau) ** 2)), R, t, inl, H, float(np.mean(r[inl] ** 2))))
+        cands.sort(key=lambda k: k[0])
+        return cands
+
     def _relative_pose(self, x1, x2):
         """Relative pose of view 2 w.r.t. view 1 (unit translation) and its inliers, or a string
         saying why not yet.
@@ -564,58 +690,70 @@ class SlidingWindowEstimator:
         depends on a few bad tracks. So several robust estimates are each polished on all their
         inliers and scored with one truncated (MSAC) cost; if the best two disagree while
         scoring alike, the geometry is ambiguous and initialisation waits for more parallax.
+
+        Tracks flagged dynamic before initialisation (see :meth:`_motion_evidence`) are not
+        passed in: with a large moving object close to a slow camera, the object's coherent,
+        large motion otherwise defines the model and the barely moving background fits it too
+        (a small displacement lies on almost any epipolar line).
         """
         c = self.cfg
-        tau = c.window_init_inlier_px / self._f
-        cands = []
-        # A loose RANSAC threshold lets a few bad tracks pick the wrong minimum: stay at <= tau.
-        for method, th in ((cv2.RANSAC, tau * 0.5), (cv2.RANSAC, tau), (cv2.LMEDS, tau)):
-            E, mask = cv2.findEssentialMat(x1, x2, np.eye(3), method, 0.999, th)
-            if E is None or E.shape[0] < 3:
-                continue
-            _, R, t, _ = cv2.recoverPose(E[:3], x1, x2, np.eye(3), mask=mask.copy())
-            inl = np.abs(sampson_residuals(R, t.ravel(), x1, x2)) < tau
-            if inl.sum() < c.window_init_min_points:
-                continue
-            if not cands and np.median(geo.ray_angle_deg(R, x1, x2)) < c.window_init_min_parallax_deg:
-                # Cheap early exit: too little rotation-free motion. The median is over all
-                # correspondences, not only the model's inliers, so that points which barely
-                # move (and fit any model) count against initialising.
-                return "waiting for parallax"
-            R, t, H = refine_relative_pose(R, t.ravel(), x1[inl], x2[inl], 0.5 * tau)
-            r = np.abs(sampson_residuals(R, t, x1, x2))
-            inl = r < tau
-            cands.append((float(np.sum(np.minimum(r, tau) ** 2)), R, t, inl, H, float(np.mean(r[inl] ** 2))))
+        use = np.ones(x1.shape[0], bool)
+        cands = self._essential_candidates(x1, x2, use)
+        if isinstance(cands, str):
+            return cands
         if not cands:
             return "no essential matrix"
-        cands.sort(key=lambda k: k[0])
         score, R, t, inl, H, sigma2 = cands[0]
-        for s2, R2, t2, *_ in cands[1:]:
-            differ = (np.degrees(np.arccos(np.clip(t @ t2, -1.0, 1.0))) > 2.0
-                      or np.degrees(np.linalg.norm(geo.so3_log(R.T @ R2))) > 0.2)
-            if differ and s2 < 1.1 * score:
-                return "ambiguous two-view geometry, waiting for parallax"
-        # Uncertainty of the translation direction from the refinement's information matrix:
-        # a flat valley (rotation traded against translation) means the baseline is too short.
+        # Is the initial map worth building? Propagate the relative pose's covariance (from the
+        # refinement's information matrix and the residual variance: a flat valley, rotation
+        # traded against translation, means a too short baseline) and the image noise into the
+        # depths of the points; few tracks or a short baseline both show up as depth uncertainty.
         try:
             cov = np.linalg.inv(H) * sigma2
-            t_std = float(np.degrees(np.sqrt(max(cov[3, 3] + cov[4, 4], 0.0))))
         except np.linalg.LinAlgError:
-            t_std = np.inf
-        if not t_std <= c.window_init_max_direction_std_deg:
-            return f"translation direction uncertain ({t_std:.1f} deg), waiting for parallax"
-        _, maskH = cv2.findHomography(x1, x2, cv2.RANSAC, tau)
+            return "singular two-view geometry, waiting for parallax"
+        # Two minima scoring alike: ambiguous, unless they differ by less than the uncertainty
+        # of the best one (then they are the same solution up to noise).
+        t_std = float(np.degrees(np.sqrt(max(cov[3, 3] + cov[4, 4], 0.0))))
+        r_std = float(np.degrees(np.sqrt(max(np.trace(cov[:3, :3]), 0.0))))
+        for s2, R2, t2, *_ in cands[1:]:
+            differ = (np.degrees(np.arccos(np.clip(t @ t2, -1.0, 1.0))) > max(2.0, 3.0 * t_std)
+                      or np.degrees(np.linalg.norm(geo.so3_log(R.T @ R2))) > max(0.2, 3.0 * r_std))
+            if differ and s2 < 1.1 * score:
+                return "ambiguous two-view geometry, waiting for parallax"
+        rel = init_depth_uncertainty(R, t, cov, np.sqrt(sigma2), x1[inl], x2[inl])
+        depth_err = float(np.median(rel))
+        self._init_depth_error = depth_err
+        if not depth_err <= c.window_init_max_depth_error:
+            return (f"initial depths uncertain ({100 * depth_err:.0f}% median, translation direction "
+                    f"+-{t_std:.1f} deg), waiting for parallax")
+        _, maskH = cv2.findHomography(x1, x2, cv2.RANSAC, c.window_init_inlier_px / self._f)
         nH = int(maskH.sum()) if maskH is not None else 0
         if nH >= c.window_init_homography_ratio * inl.sum():
             return "homography explains the motion (rotation or plane)"
         return R, t, inl
 
-    def _rescale(self, T_w_ref: np.ndarray, depth_target: float) -> None:
-        """Scale the map about the reference camera so that the median landmark depth there is
-        ``depth_target`` (bundle adjustment with one fixed camera leaves scale free)."""
+    def _rescale(self, T_w_ref: np.ndarray, ref: dict, z_before: float) -> None:
+        """Scale the map about the reference camera (bundle adjustment with one fixed camera
+        leaves scale free) to continue the scale of the reference.
+
+        After a loss the reference is the last tracked frame, with the old map's depth of each of
+        its tracks: the scale is the median ratio of old to new depth over the tracks that have
+        both (the same points, so the ratio is the scale change itself). Otherwise, or with too
+        few shared points, the scale chosen at initialisation is restored: the median landmark
+        depth there goes back to ``z_before``, its value before the bundle adjustment."""
         T_ref_w = geo.invert(T_w_ref)
         z = geo.transform(T_ref_w, self.lm_X)[:, 2]
-        s = depth_target / np.median(z)
+        s = z_before / np.median(z)
+        if ref.get("depth") is not None:
+            k, hit = _lookup(self.lm_ids, np.asarray(ref["ids"]))
+            old = np.asarray(ref["depth"])
+            both = hit & np.isfinite(old) & (old > 0)
+            if both.sum() >= self.cfg.window_min_inliers:
+                zz = z[k[both]]
+                ok = zz > 0
+                if ok.sum() >= self.cfg.window_min_inliers:
+                    s = float(np.median(old[both][ok] / zz[ok]))
         self.lm_X = geo.transform(T_w_ref, geo.transform(T_ref_w, self.lm_X) * s)
         for kf in self.keyframes:
             T_c_ref = kf.T_cw @ T_w_ref
@@ -679,7 +817,7 @@ class SlidingWindowEstimator:
         e_in = err[inl]
         self._sigma2 = max(float(np.sum(e_in ** 2) / max(2 * e_in.size - 6, 1)), 0.05)
         self._info = H
-        residual, has_lm = self._residuals(ids, xn, T)
+        residual, has_lm = self._residuals(ids, xn, T, p_prior)
         inliers = np.zeros(ids.shape[0], bool)
         inliers[np.flatnonzero(hit)[inl]] = True
         self._pending.update(T_cw=T)
@@ -695,9 +833,14 @@ class SlidingWindowEstimator:
         T, _ = refine_pose(T, X, x, w, self._f, c.window_huber_px, max(n // 2, 1), "huber")
         return refine_pose(T, X, x, w, self._f, c.window_huber_px, max(n - n // 2, 1), c.window_robust_loss)
 
-    def _residuals(self, ids, xn, T_cw) -> tuple[np.ndarray, np.ndarray]:
+    def _residuals(self, ids, xn, T_cw, p_prior) -> tuple[np.ndarray, np.ndarray]:
         """Per-track residual vector (pixels) against the static world: reprojection error for
-        tracks with a landmark, offset from the epipolar line of the last keyframe otherwise."""
+        tracks with a landmark, offset from the epipolar line of the last keyframe otherwise.
+
+        The epipolar offset cannot clear a track already judged dynamic: an object moving along
+        its epipolar line (e.g. parallel to the camera's translation) shows no offset at all. So
+        such tracks get no evidence (NaN: the graph keeps their probability) until they have a
+        landmark, which they get only if they stop looking dynamic."""
         f = self._f
         res = np.full((ids.shape[0], 2), np.nan)
         k, hit = _lookup(self.lm_ids, ids)
@@ -714,6 +857,7 @@ class SlidingWindowEstimator:
                 if np.linalg.norm(T21[:3, 3]) > 1e-9:
                     E = geo.essential_from_pose(T21)
                     res[seen] = geo.epipolar_offset(E, kf.xn[kk[seen]], xn[seen]) * f
+                    res[seen & (p_prior >= self.cfg.window_dynamic_threshold)] = np.nan
         return res, hit
 
     # ------------------------------------------------------------------ keyframes and mapping

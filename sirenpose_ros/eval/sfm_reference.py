@@ -87,13 +87,22 @@ def _cam_from_world(image):
 def run_sfm(image_dir: str | Path, K: np.ndarray, image_names: Sequence[str] | None = None,
             matching: str = "sequential", overlap: int = 10, max_features: int = 4096,
             num_threads: int = 2, seed: int = 0, work_dir: str | Path | None = None,
-            min_model_size: int = 3) -> SfmResult:
+            min_model_size: int = 3, init_min_tri_angle_deg: float = 4.0,
+            init_max_forward_motion: float = 0.995, mask_dir: str | Path | None = None,
+            verbose: bool = False) -> SfmResult:
     """Reconstruct the images of ``image_dir`` with intrinsics ``K`` (3x3 pinhole, all images).
 
     ``matching``: 'sequential' (each image with the next ``overlap``; for video) or
     'exhaustive' (all pairs; for a few wide-baseline frames). ``num_threads``: CPU threads of
     every stage. ``seed``: COLMAP's random seed (RANSAC, initial pair), for repeatable runs.
     ``work_dir``: where the database and models go (a temporary folder, removed, by default).
+    ``init_min_tri_angle_deg`` / ``init_max_forward_motion``: COLMAP's initial-pair
+    requirements. Its defaults (16 degrees, 0.95) suit photo collections; a video of a camera
+    walking forward through a room has neither such wide angles nor sideways pairs, and with
+    them no model was built at all on the synthetic sequences.
+    ``mask_dir``: optional COLMAP masks, ``<image name>.png`` per image, features are not
+    extracted where the mask is 0 (e.g. the ground-truth moving objects: an oracle reference).
+    ``verbose``: keep COLMAP's INFO log (thousands of lines per run) on stderr.
     Raises ImportError without pycolmap, ValueError on bad arguments.
     """
     import pycolmap
@@ -118,11 +127,17 @@ def run_sfm(image_dir: str | Path, K: np.ndarray, image_names: Sequence[str] | N
     db = work / "database.db"
     if db.exists():
         db.unlink()                    # a stale database would add its images twice
+    pycolmap.logging.minloglevel = 0 if verbose else 2       # 2: errors only
     t0 = time.perf_counter()
     try:
         reader = pycolmap.ImageReaderOptions()
         reader.camera_model = "PINHOLE"
-        reader.camera_params = ",".join(f"{v:.10g}" for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+        # COLMAP puts the centre of the top-left pixel at (0.5, 0.5); this project (OpenCV) at
+        # (0, 0): shift the principal point by half a pixel.
+        reader.camera_params = ",".join(f"{v:.10g}" for v in (K[0, 0], K[1, 1], K[0, 2] + 0.5,
+                                                                K[1, 2] + 0.5))
+        if mask_dir is not None:
+            reader.mask_path = str(Path(mask_dir).resolve())
         extraction = pycolmap.FeatureExtractionOptions()
         extraction.num_threads = num_threads
         extraction.sift.max_num_features = max_features
@@ -150,6 +165,8 @@ def run_sfm(image_dir: str | Path, K: np.ndarray, image_names: Sequence[str] | N
         opts.ba_refine_extra_params = False
         opts.mapper.abs_pose_refine_focal_length = False
         opts.mapper.abs_pose_refine_extra_params = False
+        opts.mapper.init_min_tri_angle = init_min_tri_angle_deg
+        opts.mapper.init_max_forward_motion = init_max_forward_motion
         models = pycolmap.incremental_mapping(db, image_dir, work / "sparse", options=opts)
         wall = time.perf_counter() - t0
 
@@ -169,17 +186,29 @@ def run_sfm(image_dir: str | Path, K: np.ndarray, image_names: Sequence[str] | N
             reproj = float(best.compute_mean_reprojection_error())
         return SfmResult(names, T, registered, len(models), n_points, reproj, wall,
                          {"matching": matching, "overlap": overlap, "max_features": max_features,
-                          "seed": seed, "pycolmap": pycolmap.__version__})
+                          "seed": seed, "init_min_tri_angle_deg": init_min_tri_angle_deg,
+                          "init_max_forward_motion": init_max_forward_motion,
+                          "masked": mask_dir is not None,
+                          "pycolmap": pycolmap.__version__})
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_sfm_on_frames(rgb: np.ndarray, K: np.ndarray, **kwargs) -> SfmResult:
-    """:func:`run_sfm` on in-memory RGB frames (written as PNGs to a temporary folder)."""
+def run_sfm_on_frames(rgb: np.ndarray, K: np.ndarray, exclude: np.ndarray | None = None,
+                      **kwargs) -> SfmResult:
+    """:func:`run_sfm` on in-memory RGB frames (written as PNGs to a temporary folder).
+    ``exclude``: optional (N, H, W) masks, nonzero where no feature may be taken."""
+    import cv2
     with tempfile.TemporaryDirectory(prefix="sfm_frames_") as d:
-        names = write_frames(rgb, d)
-        return run_sfm(d, K, image_names=names, **kwargs)
+        names = write_frames(rgb, Path(d) / "images")
+        if exclude is not None:
+            mdir = Path(d) / "masks"
+            mdir.mkdir()
+            for name, m in zip(names, exclude):
+                cv2.imwrite(str(mdir / f"{name}.png"), np.where(m > 0, 0, 255).astype(np.uint8))
+            kwargs["mask_dir"] = mdir
+        return run_sfm(Path(d) / "images", K, image_names=names, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,6 +137,10 @@ class SirenPoseNode(Node):
 
         self.tf_store = TransformStore()
         self.T_base_cam: np.ndarray | None = None
+        # odom <- pipeline world. The world is the camera where the pipeline (re)started; odom
+        # stays continuous across resets by anchoring each new world at the last published pose.
+        self._T_odom_world: np.ndarray | None = None
+        self._last_T_odom_base: np.ndarray | None = None
         self._camera_frame: str | None = None
         if self.p["extrinsics_source"] == "parameters":
             self._set_extrinsic(extrinsic_from_params(self.p), "parameters")
@@ -287,23 +291,30 @@ class SirenPoseNode(Node):
                 self._slot = None
             if self._reset_requested:
                 self._reset_requested = False
-                self._reset("reset service called")
+                self._reset("reset service called", keep_odom=True)
             if msg is None:
                 continue
             try:
                 self._process(msg, received)
             except Exception as exc:  # never let a bug kill the worker: count, log, recover
+                if self._stop or not self.context.ok():
+                    # SIGINT/SIGTERM shut the context down while this frame was in flight: its
+                    # publish fails; that is shutdown, not a pipeline error to log and count.
+                    return
                 if type(exc).__name__ == "OutOfMemoryError":
                     self.counters.inc("gpu_out_of_memory")
                     how = self.pipeline.degrade() if hasattr(self.pipeline, "degrade") else "reset"
                     self.get_logger().warning(f"GPU out of memory: {how}")
-                    self._reset("GPU out of memory")
+                    self._reset("GPU out of memory", keep_odom=True)
                     continue
                 self.counters.inc("pipeline_error")
                 self.get_logger().error(f"pipeline error, resetting: {exc}\n{traceback.format_exc()}")
-                self._reset("pipeline error")
+                self._reset("pipeline error", keep_odom=True)
 
-    def _reset(self, why: str) -> None:
+    def _reset(self, why: str, keep_odom: bool) -> None:
+        """Restart the pipeline. ``keep_odom``: odometry continues from the last pose (REP-105);
+        otherwise (time went backwards: a bag loop) it starts again at the origin."""
+        self._anchor_world(keep_odom)
         self.pipeline.reset()
         self.scale.reset()
         self._path.poses.clear()
@@ -327,7 +338,7 @@ class SirenPoseNode(Node):
                 self.counters.inc("time_jump_back")
                 self._warn("time_jump", f"image stamp went back by "
                            f"{(self._last_stamp_ns - stamp_ns) / 1e9:.3f} s (bag loop?): resetting")
-                self._reset("time jumped backwards")
+                self._reset("time jumped backwards", keep_odom=False)
             elif stamp_ns == self._last_stamp_ns:
                 self.counters.inc("duplicate_stamp")
                 self._warn("duplicate", f"duplicate image stamp {stamp_ns} ns: frame skipped")
@@ -362,22 +373,30 @@ class SirenPoseNode(Node):
         if not self._ensure_extrinsic(frame_id, msg.header.stamp):
             return
         self._last_stamp_ns = stamp_ns
-        result = self.pipeline.process(Frame(stamp_ns, gray, rgb, camera))
+        result = self.pipeline.track(Frame(stamp_ns, gray, rgb, camera))
         result.timings_ms["decode"] = decode_ms
         if result.reset:
             self.counters.inc("resets")
             self.scale.reset()
+        if result.new_world:
+            self._anchor_world(keep_odom=True)
         if result.state is TrackingState.LOST and self._state is not TrackingState.LOST:
             self.counters.inc("tracking_lost")
             self._warn("lost", f"tracking lost at {stamp_ns / 1e9:.3f} s: {result.message}")
         self._state = result.state
-        self._last_timings = result.timings_ms
         self._update_scale(result, camera)
-        self._publish(result)
-        self.counters.inc("frames_processed")
+        scale = self._output_scale()
+        if scale is not None:
+            self._publish_pose(result, scale)
+        # Pose latency (what navigation waits for) ends here; the dense stage follows.
         now = time.monotonic()
         self._out_times.append(now)
         self._latency_ms.append((now - received) * 1e3)
+        self.pipeline.densify(result)
+        if scale is not None:
+            self._publish_clouds(result, scale)
+        self._last_timings = result.timings_ms
+        self.counters.inc("frames_processed")
 
     def _ensure_extrinsic(self, camera_frame: str, stamp) -> bool:
         """Resolve base -> camera once per camera frame name (TF, or parameters as fallback)."""
@@ -407,10 +426,12 @@ class SirenPoseNode(Node):
         return True
 
     def _set_extrinsic(self, T_base_cam: np.ndarray, source: str) -> None:
-        # The pipeline's world frame is the first camera's optical frame; odom is the first base
-        # frame, so odom <- world is the fixed base <- camera extrinsic.
         self.T_base_cam = T_base_cam
         self.T_cam_base = np.linalg.inv(T_base_cam)
+        if self._T_odom_world is None:
+            # The first world is the first camera's optical frame and odom the first base frame,
+            # so odom <- world is the base <- camera extrinsic.
+            self._T_odom_world = T_base_cam.copy()
         self.get_logger().info(f"camera extrinsic from {source}: t = {np.round(T_base_cam[:3, 3], 4)}")
 
     def _publish_static_tf(self, stamp) -> None:
@@ -453,40 +474,58 @@ class SirenPoseNode(Node):
         return depth[v, u]
 
     # ----------------------------------------------------------------------------- outputs
-    def _publish(self, result: FrameResult) -> None:
+    def _anchor_world(self, keep_odom: bool) -> None:
+        """Place the next pipeline world (the camera at restart) in odom."""
+        if self.T_base_cam is None:
+            return
+        if keep_odom and self._last_T_odom_base is not None:
+            self._T_odom_world = self._last_T_odom_base @ self.T_base_cam
+        else:
+            self._T_odom_world = self.T_base_cam.copy()
+            self._last_T_odom_base = None
+
+    def _output_scale(self) -> float | None:
+        """Metres per pipeline unit (1.0 without a scale source); None while still unknown."""
+        if self.core_cfg.scale_source == "none":
+            return 1.0
+        s = self.scale.scale
+        if s is None:
+            self._warn("scale", "waiting for a metric scale estimate: no odometry yet")
+        return s
+
+    def _publish_pose(self, result: FrameResult, s: float) -> None:
+        if result.state is not TrackingState.TRACKING or result.T_world_cam is None:
+            return          # tracking-lost policy: no odometry rather than a guessed one
         stamp = M.ns_to_stamp(result.stamp_ns)
         odom, base = self.p["odom_frame"], self.p["base_frame"]
-        s = 1.0
-        if self.core_cfg.scale_source != "none":
-            s = self.scale.scale
-            if s is None:
-                self._warn("scale", "waiting for a metric scale estimate: no odometry yet")
-                return
-        T_odom_world = self.T_base_cam
-        if result.state is TrackingState.TRACKING and result.T_world_cam is not None:
-            T_wc = result.T_world_cam.copy()
-            T_wc[:3, 3] *= s
-            T_odom_base = T_odom_world @ T_wc @ self.T_cam_base
-            transforms = []
-            if self.p["publish_map_tf"]:
-                transforms.append(M.transform_msg(np.eye(4), stamp, self.p["map_frame"], odom))
-            if self.p["publish_odom_tf"]:
-                transforms.append(M.transform_msg(T_odom_base, stamp, odom, base))
-            if transforms:
-                self.pub_tf.publish(TFMessage(transforms=transforms))
-            pose_cov, twist = self._odom_uncertainty(result, T_odom_base, s)
-            self.pub_odom.publish(M.odometry_msg(T_odom_base, stamp, odom, base, pose_cov, twist, None))
-            with self._io_lock:
-                self._trajectory.append((result.stamp_ns, T_odom_base))
-            self._path.poses.append(M.pose_stamped_msg(T_odom_base, stamp, odom))
-            if len(self._path.poses) > self.p["path_max_poses"]:
-                del self._path.poses[: len(self._path.poses) - self.p["path_max_poses"]]
-            if self.pub_path.get_subscription_count():
-                self._path.header.stamp = stamp
-                self._path.header.frame_id = odom
-                self.pub_path.publish(self._path)
-        T_out = T_odom_world.copy()
-        T_out[:3, :3] *= s            # scale the cloud (and velocities) with the poses
+        T_wc = result.T_world_cam.copy()
+        T_wc[:3, 3] *= s
+        T_odom_base = self._T_odom_world @ T_wc @ self.T_cam_base
+        self._last_T_odom_base = T_odom_base
+        transforms = []
+        if self.p["publish_map_tf"]:
+            transforms.append(M.transform_msg(np.eye(4), stamp, self.p["map_frame"], odom))
+        if self.p["publish_odom_tf"]:
+            transforms.append(M.transform_msg(T_odom_base, stamp, odom, base))
+        if transforms:
+            self.pub_tf.publish(TFMessage(transforms=transforms))
+        pose_cov, twist = self._odom_uncertainty(result, T_odom_base, s)
+        self.pub_odom.publish(M.odometry_msg(T_odom_base, stamp, odom, base, pose_cov, twist, None))
+        with self._io_lock:
+            self._trajectory.append((result.stamp_ns, T_odom_base))
+        self._path.poses.append(M.pose_stamped_msg(T_odom_base, stamp, odom))
+        if len(self._path.poses) > self.p["path_max_poses"]:
+            del self._path.poses[: len(self._path.poses) - self.p["path_max_poses"]]
+        if self.pub_path.get_subscription_count():
+            self._path.header.stamp = stamp
+            self._path.header.frame_id = odom
+            self.pub_path.publish(self._path)
+
+    def _publish_clouds(self, result: FrameResult, s: float) -> None:
+        stamp = M.ns_to_stamp(result.stamp_ns)
+        odom = self.p["odom_frame"]
+        T_out = self._T_odom_world.copy()
+        T_out[:3, :3] *= s            # the cloud (and its velocities) scale with the poses
         n = self.counters.values["frames_processed"]
         if (result.cloud is not None and len(result.cloud)
                 and n % self.p["cloud_publish_period"] == 0 and self.pub_cloud.get_subscription_count()):
@@ -495,11 +534,11 @@ class SirenPoseNode(Node):
             with self._io_lock:
                 self._last_map = M.transform_cloud(result.map_cloud, T_out)
             if self.pub_map.get_subscription_count():
-                self.pub_map.publish(M.cloud2_msg(M.cloud_to_array(result.map_cloud, T_out), stamp, odom))
+                self.pub_map.publish(M.cloud2_msg(M.cloud_to_array(self._last_map), stamp, odom))
 
     def _odom_uncertainty(self, result: FrameResult, T_odom_base: np.ndarray, s: float):
         """Pose covariance in odom and twist in base, from the camera's (world-frame) ones."""
-        R_ow = self.T_base_cam[:3, :3]
+        R_ow = self._T_odom_world[:3, :3]
         pose_cov = None
         if result.covariance is not None:
             J = np.kron(np.diag([s, 1.0]), R_ow)     # position scales, rotation does not
@@ -544,11 +583,16 @@ class SirenPoseNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(msg)
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> bool:
+        """Stop the worker; False when it is still inside a frame after the timeout."""
         with self._cond:
             self._stop = True
             self._cond.notify()
         self._worker.join(timeout=5.0)
+        if self._worker.is_alive():
+            self.get_logger().warning("worker still inside a frame after 5 s: exiting without it")
+            return False
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -559,14 +603,21 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.logging.get_logger("sirenpose").fatal(f"not starting: {exc}")
         rclpy.try_shutdown()
         return 2
+    stopped = False
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.shutdown()
+        stopped = node.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+    if not stopped:
+        # Finalising the interpreter under a worker thread that is still inside torch aborts the
+        # process (std::terminate, exit code -6); that frame can no longer be published anyway.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

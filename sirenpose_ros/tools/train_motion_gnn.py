@@ -4,8 +4,10 @@ Data: every (preset, seed) is rendered (``sirenpose_ros.synth``) and run through
 ``Pipeline`` (KLT frontend, window estimator) with a recording scorer around the
 ``GeometricScorer``, so the training inputs are exactly what the scorer sees at run time. Labels
 come from the ground-truth motion mask at each keypoint (dynamic = mask > 0); an edge is rigid
-when both ends lie on the same object (both static counts as rigid). Recordings and the gray
-frames are cached (``--cache``), so later runs skip rendering.
+when both ends lie on the same object (both static counts as rigid). Rendered frames and
+recordings are cached (``--cache``), keyed by a hash of the synth / tracking-path source: a change
+to the frontend, window, graph or pipeline re-records (seconds per sequence), a change to the
+synthetic scenes re-renders. Training is deterministic for a given seed and data (CPU, one thread).
 
 Evaluation on the held-out seeds, per preset: node precision / recall / F1 at 0.5 and edge
 accuracy of the per-frame scorer output (GNN vs GeometricScorer on the same observations), and of
@@ -17,6 +19,8 @@ Example (the command that produced the shipped weights, see models/MOTION_GNN.md
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib
 import json
 import os
 import sys
@@ -43,12 +47,6 @@ EDGE_LOSS_WEIGHT = 0.5
 def pipeline_config():
     # The dense stages (SIREN field, cloud) come after the graph and never feed back into it.
     return make_config({"field_enabled": False, "cloud_enabled": False})
-
-
-def _camera(seq):
-    from sirenpose_ros.core.camera import CameraModel
-    K = seq.K
-    return CameraModel.pinhole(seq.width, seq.height, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
 
 
 class RecordingScorer:
@@ -96,38 +94,73 @@ def keypoint_labels(px_work, work_size, mask):
     return mask[v, u], lo[v, u] != hi[v, u]
 
 
-def record(preset, seed, n_frames, width, height, cache: Path, keep_gray=True):
-    """Render + run the pipeline (GeometricScorer) once; cached as an npz of flat arrays."""
-    path = cache / f"{preset}_s{seed}_{width}x{height}_{n_frames}f_v{DATA_VERSION}.npz"
+def source_fingerprint(modules) -> str:
+    """Short hash of the source of the given modules (cache keys, weight metadata)."""
+    h = hashlib.sha1()
+    for name in modules:
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()[:10]
+
+
+# Everything between the image and the GraphObservation: when any of it changes, recordings are
+# stale (the scorer would see other inputs than it was trained on) and are redone.
+TRACKING_MODULES = tuple("sirenpose_ros.core." + m for m in
+                         ("camera", "frontend", "geometry", "graph", "pipeline", "window", "config", "params"))
+SYNTH_MODULES = tuple("sirenpose_ros.synth." + m for m in ("presets", "render", "scene", "sequence", "texture"))
+# Taken once, right after the modules were imported: the code this process runs. (Other people
+# may edit the files while a run goes on; hashing them later would key recordings wrongly.)
+TRACKING_SOURCE = source_fingerprint(TRACKING_MODULES)
+SYNTH_SOURCE = source_fingerprint(SYNTH_MODULES)
+
+
+def _load_or_make(path: Path, make):
     if path.is_file():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    from sirenpose_ros.synth import render_sequence
-    seq = render_sequence(preset, seed, n_frames, width, height)
-    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in seq.rgb])
-    obs, results, pipe = run_pipeline(gray, seq.stamps_ns, _camera(seq))
-    work = working_size(seq.width, seq.height, pipe.cfg)
-    d = {k: [] for k in ("ids", "px", "res", "prev", "obj", "amb", "geo_p", "edges")}
-    n_nodes, n_edges, tracking = [], [], []
-    for i, (o, r) in enumerate(zip(obs, results)):
-        obj, amb = keypoint_labels(o.px, work, seq.mask[i])
-        d["ids"].append(o.ids); d["px"].append(o.px); d["res"].append(o.residual_px)
-        d["prev"].append(o.previous); d["obj"].append(obj); d["amb"].append(amb)
-        d["geo_p"].append(r.dynamic_prob); d["edges"].append(o.edges.reshape(-1, 2))
-        n_nodes.append(o.ids.shape[0]); n_edges.append(o.edges.shape[0])
-        tracking.append(r.state.value == "tracking")
-    out = {k: np.concatenate(v) for k, v in d.items()}
-    out.update(n_nodes=np.array(n_nodes), n_edges=np.array(n_edges), tracking=np.array(tracking),
-               work_size=np.array(work), stamps=seq.stamps_ns)
-    if keep_gray:
-        out["gray"] = gray
-        out["mask"] = seq.mask
-        out["K"] = seq.K
-    cache.mkdir(parents=True, exist_ok=True)
+    out = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".partial.npz")    # atomic: an interrupted run leaves no bad cache
     np.savez(tmp, **out)
     os.replace(tmp, path)
     return out
+
+
+def rendered(preset, seed, n_frames, width, height, cache: Path):
+    """Gray frames, GT motion masks, K and stamps of a synthetic sequence (cached by synth source)."""
+    def make():
+        from sirenpose_ros.synth import render_sequence
+        seq = render_sequence(preset, seed, n_frames, width, height)
+        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in seq.rgb])
+        return dict(gray=gray, mask=seq.mask, K=seq.K, stamps=seq.stamps_ns)
+    key = f"render_{preset}_s{seed}_{width}x{height}_{n_frames}f_{SYNTH_SOURCE}"
+    return _load_or_make(cache / f"{key}.npz", make)
+
+
+def record(preset, seed, n_frames, width, height, cache: Path):
+    """Run the pipeline (GeometricScorer) over a rendered sequence once and keep every frame's
+    GraphObservation with labels; cached by the tracking path's source, so a change to the
+    frontend, window or graph redoes it. The rendered frames are merged into the result."""
+    seq = rendered(preset, seed, n_frames, width, height, cache)
+
+    def make():
+        obs, results, pipe = run_pipeline(seq["gray"], seq["stamps"], _camera_from(seq))
+        work = working_size(width, height, pipe.cfg)
+        d = {k: [] for k in ("ids", "px", "res", "prev", "obj", "amb", "geo_p", "edges")}
+        n_nodes, n_edges, tracking = [], [], []
+        for i, (o, r) in enumerate(zip(obs, results)):
+            obj, amb = keypoint_labels(o.px, work, seq["mask"][i])
+            d["ids"].append(o.ids); d["px"].append(o.px); d["res"].append(o.residual_px)
+            d["prev"].append(o.previous); d["obj"].append(obj); d["amb"].append(amb)
+            d["geo_p"].append(r.dynamic_prob); d["edges"].append(o.edges.reshape(-1, 2))
+            n_nodes.append(o.ids.shape[0]); n_edges.append(o.edges.shape[0])
+            tracking.append(r.state.value == "tracking")
+        out = {k: np.concatenate(v) for k, v in d.items()}
+        out.update(n_nodes=np.array(n_nodes), n_edges=np.array(n_edges), tracking=np.array(tracking),
+                   work_size=np.array(work))
+        return out
+    key = (f"rec_{preset}_s{seed}_{width}x{height}_{n_frames}f_v{DATA_VERSION}_"
+           f"{TRACKING_SOURCE}")
+    return dict(_load_or_make(cache / f"{key}.npz", make), **seq)
 
 
 def frames_of(rec):
@@ -316,10 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     save_weights(model, out, {"train_seed": args.seed, "presets": ",".join(args.presets),
                               "train_seeds": ",".join(map(str, args.train_seeds)),
-                              "frames": args.frames, "sizes": ",".join(args.sizes), "epochs": args.epochs})
+                              "frames": args.frames, "sizes": ",".join(args.sizes), "epochs": args.epochs,
+                              "tracking_source": TRACKING_SOURCE})
     print(f"trained {n_params} parameters in {t_train:.0f} s -> {out} ({out.stat().st_size} bytes)", flush=True)
 
-    metrics = dict(command=" ".join(["python -m sirenpose_ros.tools.train_motion_gnn"] + (argv if argv is not None else sys.argv[1:])),
+    metrics = dict(tracking_source=TRACKING_SOURCE, command=" ".join(["python -m sirenpose_ros.tools.train_motion_gnn"] + (argv if argv is not None else sys.argv[1:])),
                    n_params=n_params, weight_bytes=out.stat().st_size, train_frames=len(graphs),
                    train_nodes=n_nodes, data_seconds=round(t_data, 1), train_seconds=round(t_train, 1),
                    loss_history=[round(x, 5) for x in history], train_data=data_stats)
