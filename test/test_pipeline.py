@@ -193,3 +193,18 @@ def test_large_moving_object_is_kept_out_of_initialisation():
     static, _ = run(True)
     assert n_dyn >= n - 20
     assert with_dyn < 0.5 * static
+
+
+def test_degrade_moves_the_field_to_the_cpu_then_has_nothing_left():
+    from sirenpose_ros.core.config import make_config
+    from sirenpose_ros.core.pipeline import Pipeline
+    pipe = Pipeline(make_config({"field_device": "cpu"}))
+    assert "frontend klt" in pipe.runtime and "field cpu" in pipe.runtime
+
+    class FakeGpuField:            # stands in for a field on CUDA (no GPU here)
+        class device:
+            type = "cuda"
+    pipe.field = FakeGpuField()
+    assert "CPU" in pipe.degrade()
+    assert pipe.field.device.type == "cpu" and pipe.cfg.field_device == "cpu"
+    assert pipe.degrade() == "nothing left to reduce"

@@ -107,6 +107,34 @@ class Pipeline:
         self._dense_ctx = None       # what densify() needs from the latest track()
         self._tracked_count = 0      # tracked frames since the dense state was reset
 
+    @property
+    def runtime(self) -> str:
+        """What runs where, for logs and /diagnostics."""
+        parts = [f"frontend {self.cfg.pipeline_frontend}"]
+        if self.cfg.pipeline_frontend == "xfeat":
+            runners = [getattr(r, "backend", "?") for r in getattr(self.frontend, "runners", [])]
+            parts[-1] += f" ({', '.join(runners) or self.cfg.xfeat_backend})"
+        if self.field is not None:
+            parts.append(f"field {self.field.device.type}")
+        return ", ".join(parts)
+
+    def degrade(self) -> str:
+        """Answer to a GPU out-of-memory error: release cached GPU memory, then move the dense
+        field to the CPU; if it is there already, halve the learned frontend's keypoints.
+        Returns what changed. The caller resets the pipeline afterwards."""
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.field is not None and self.field.device.type != "cpu":
+            self.cfg = Config({**self.cfg, "field_device": "cpu"})
+            self.field = field_mod.DepthFieldEstimator(self.cfg)
+            return "SIREN field moved to the CPU"
+        if self.cfg.pipeline_frontend == "xfeat" and self.cfg.xfeat_top_k >= 128:
+            self.cfg = Config({**self.cfg, "xfeat_top_k": self.cfg.xfeat_top_k // 2})
+            self.frontend = make_frontend(self.cfg)
+            return f"learned frontend keypoints halved to {self.cfg.xfeat_top_k}"
+        return "nothing left to reduce"
+
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget everything: map, tracks, field, voxel map and the camera of the stream."""

@@ -75,6 +75,14 @@ class XFeatFrontend:
         self.last_timings: dict[str, float] = {}
         self.reset()
 
+    @property
+    def runners(self) -> list:
+        """The inference runners in use (for the runtime line in logs and diagnostics)."""
+        out = [d.runner for d in self._detectors.values() if hasattr(d, "runner")]
+        if self._matcher is not None and hasattr(self._matcher, "runner"):
+            out.append(self._matcher.runner)
+        return out
+
     def reset(self) -> None:
         # The matching pool: the previous frame's keypoints plus tracks lost during the last
         # ``xfeat_track_memory`` frames (their last keypoint), all as one Keypoints set.
