@@ -21,6 +21,7 @@ from scipy.spatial import Delaunay, QhullError
 from sirenpose_ros.core.params import ParamSpec
 
 PARAMS = [
+    ParamSpec("graph_scorer", "gnn", "Per-keypoint dynamic evidence and per-edge rigidity: 'gnn' (the trained motion GNN, models/motion_gnn.safetensors) or 'geometric' (static-model residual through a sigmoid; the static-world ablation also turns off dynamic weighting).", choices=("gnn", "geometric")),
     ParamSpec("graph_max_edge_px", 80.0, "Spatial edges longer than this (working-resolution pixels) are dropped.", 1.0, 10000.0),
     ParamSpec("graph_residual_center_px", 2.5, "Static-model residual (pixels) at which a keypoint is 50% dynamic.", 0.1, 100.0),
     ParamSpec("graph_residual_width_px", 0.6, "Softness of the residual-to-probability sigmoid (pixels).", 0.01, 100.0),
@@ -96,13 +97,23 @@ def delaunay_edges(px: np.ndarray, max_len: float) -> np.ndarray:
     return e[keep].astype(np.int64)
 
 
+def make_scorer(cfg) -> MotionScorer:
+    """The motion scorer chosen by ``graph_scorer``."""
+    if cfg.graph_scorer == "gnn":
+        from sirenpose_ros.core.motion_gnn import GNNScorer   # torch + weights: only if used
+        return GNNScorer(cfg)
+    return GeometricScorer(cfg)
+
+
 class KeypointGraph:
     def __init__(self, cfg, scorer: MotionScorer | None = None):
         self.cfg = cfg
-        self.scorer = scorer if scorer is not None else GeometricScorer(cfg)
+        self.scorer = scorer if scorer is not None else make_scorer(cfg)
         self.reset()
 
     def reset(self) -> None:
+        if hasattr(self.scorer, "reset"):          # learned scorers keep per-track history
+            self.scorer.reset()
         # Filtered probability per live track, kept sorted by id for vectorised lookup.
         self._ids = np.zeros(0, np.int64)
         self._p = np.zeros(0)

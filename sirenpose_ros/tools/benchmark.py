@@ -48,7 +48,7 @@ from sirenpose_ros.io.tum import matrix_to_quat
 
 # Display order and names of the stages; stages the pipeline reports under other names are
 # shown too, before the dense ones.
-STAGE_ORDER = ("decode", "frontend", "matching", "gnn", "graph", "window", "field", "cloud",
+STAGE_ORDER = ("decode", "frontend", "matching", "gnn", "graph", "window", "joint", "field", "cloud",
                "publish_tf", "publish_cloud", "other")
 STAGE_NAMES = {
     "decode": "image conversion (rgb8 bytes -> gray + rgb)",
@@ -57,6 +57,7 @@ STAGE_NAMES = {
     "gnn": "motion GNN",
     "graph": "keypoint graph + dynamic probability (motion GNN when enabled)",
     "window": "window solve (pose, keyframes, triangulation, bundle adjustment)",
+    "joint": "SirenPose joint window refinement (keyframes only; on the pose path)",
     "field": "field fit + dense depth render",
     "cloud": "cloud (back-projection, voxel map)",
     "publish_tf": "TF/odometry payload (pose composition + quaternion)",
@@ -755,7 +756,7 @@ def render_markdown(docs: list[dict], reference: str | None = None,
                     "reference ATE), ground-truth units."]
     if live:
         out += ["", "| run (live node) | size | publish Hz | TF Hz | frames without TF | image->TF p50 / p99 ms | "
-                "clouds/s | image->cloud p50 / p99 ms | node dropped / received | node peak RSS MB | tracked | ATE rmse | load avg start -> end |",
+                "clouds/s | image->cloud p50 / p99 ms | node dropped / received | node peak RSS MB | frames with TF | ATE rmse | load avg start -> end |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in live:
             lat, n, tr = r["latency_ms"], r["node"], r["tracking"]
@@ -804,8 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--markdown", type=Path, default=None, help="write the table here")
     ap.add_argument("--reference", default=None, help="report: compare poses against this label")
     ap.add_argument("--torch-threads", type=int, default=0,
-                    help="torch intra-op threads: pipeline mode sets them in this process, live mode "
-                         "starts the node with OMP_NUM_THREADS (0: torch's default)")
+                    help="torch intra-op threads before the pipeline is built: pipeline mode sets them "
+                         "in this process, live mode starts the node with OMP_NUM_THREADS (0: torch's "
+                         "default). The pipeline's own pipeline_torch_threads (if > 0) overrides it.")
     ap.add_argument("--commit", default=None, help="commit id to record (default: git of the source)")
     ap.add_argument("--log-dir", type=Path, default=None, help="live: keep the node log here")
     return ap

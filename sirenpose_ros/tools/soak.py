@@ -51,6 +51,9 @@ def parse_args(argv):
                     help="share of the duration treated as warm-up for the RSS growth (default 0.2)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                     help="extra node parameter (repeatable)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment variable of the node process (repeatable), e.g. "
+                         "OMP_NUM_THREADS=1")
     ap.add_argument("--out", default="out/soak", help="output folder (default out/soak)")
     return ap.parse_args(argv)
 
@@ -101,6 +104,7 @@ def summarize(rows: list[dict], args, exit_code: int | None, crashed_at: float |
         "duration_s": args.duration, "rate_hz": args.rate, "width": args.width,
         "height": args.height, "preset": args.preset, "frames_rendered": args.frames,
         "params": dict(p.split(":=", 1) for p in args.param),
+        "node_env": dict(e.split("=", 1) for e in args.env),
         "frames_sent": frames_sent, "odom_received": odom,
         "frames_received": int(final.get("frames_received", 0)),
         "frames_processed": int(final.get("frames_processed", 0)),
@@ -163,6 +167,7 @@ def run_soak(args) -> dict:
     domain = private_domain_id()
     confine_this_process(domain)
     env = local_dds_env(domain)
+    env.update(e.split("=", 1) for e in args.env)
 
     from sirenpose_ros.synth.sequence import render_sequence
     t0 = time.monotonic()
@@ -295,9 +300,10 @@ def run_soak(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.duration <= 0 or args.rate <= 0 or args.frames < 2 or not 0 <= args.warmup < 1:
-        print("sirenpose_soak: need --duration > 0, --rate > 0, --frames >= 2, 0 <= --warmup < 1",
-              file=sys.stderr)
+    if (args.duration <= 0 or args.rate <= 0 or args.frames < 2 or not 0 <= args.warmup < 1
+            or any(":=" not in p for p in args.param) or any("=" not in e for e in args.env)):
+        print("sirenpose_soak: need --duration > 0, --rate > 0, --frames >= 2, 0 <= --warmup < 1, "
+              "--param NAME:=VALUE, --env NAME=VALUE", file=sys.stderr)
         return 2
     s = run_soak(args)
     print(f"[soak] outputs in {args.out}/ (soak.json, soak.csv, soak.png, node.log)")

