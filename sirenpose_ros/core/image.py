@@ -225,6 +225,48 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4 (DHT), C8 (JPG)
+# and CC (DAC) share the range but are not frames.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data) -> tuple[int, int] | None:
+    """(width, height) from a JPEG stream's frame header, or None (not JPEG / no header found).
+
+    Why: OpenCV allocates the full frame a JPEG header claims before it reads the scan, so a
+    600-byte stream claiming 20000x20000 costs seconds and GBs before any size check after
+    decoding. Walks the marker segments only (a handful of jumps), never the entropy data.
+    """
+    try:
+        buf = memoryview(data).cast("B")
+    except (TypeError, ValueError):
+        return None                              # not a flat buffer: decode_compressed reports it
+    if len(buf) < 2 or buf[0] != 0xFF or buf[1] != 0xD8:
+        return None
+    i, n = 2, len(buf)
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:                       # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:   # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):               # end of image / start of scan: no frame header
+            return None
+        length = (buf[i + 2] << 8) | buf[i + 3]
+        if marker in _JPEG_SOF and i + 9 <= n:
+            height = (buf[i + 5] << 8) | buf[i + 6]
+            width = (buf[i + 7] << 8) | buf[i + 8]
+            return width, height
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
 def decode_compressed(format: str, data, max_pixels: int = DEFAULT_MAX_PIXELS
                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG) to ``(gray, rgb | None)``.
@@ -252,7 +294,11 @@ def decode_compressed(format: str, data, max_pixels: int = DEFAULT_MAX_PIXELS
         if len(head) >= 24:  # IHDR width/height: refuse decompression bombs before decoding
             w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
             _check_size(w, h, max_pixels)
-    elif not head.startswith(_JPEG_MAGIC):
+    elif head.startswith(_JPEG_MAGIC):
+        size = jpeg_size(buf)        # frame header: refuse decompression bombs before decoding
+        if size is not None:
+            _check_size(size[0], size[1], max_pixels)
+    else:
         raise ImageDecodeError(f"compressed image ({format!r}, {buf.size} bytes) is neither a JPEG "
                                "nor a PNG stream (bad magic bytes)")
     try:

@@ -9,7 +9,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 
 from sirenpose_ros.core.camera import CameraModel
-from sirenpose_ros.core.image import ImageDecodeError, decode_compressed, decode_image
+from sirenpose_ros.core.image import decode_compressed, decode_image
 from sirenpose_ros.core.types import Cloud
 from sirenpose_ros.io.tum import matrix_to_quat
 
@@ -38,56 +38,9 @@ def decode_image_msg(msg: Image | CompressedImage, significant_bits: int = 16,
                      max_pixels: int = 4096 * 4096) -> tuple[np.ndarray, np.ndarray | None]:
     """(gray, rgb|None); raises ImageDecodeError with a message fit for the log."""
     if isinstance(msg, CompressedImage):
-        size = jpeg_size(msg.data)
-        if size is not None and size[0] * size[1] > max_pixels:
-            raise ImageDecodeError(f"compressed image (JPEG header) {size[0]}x{size[1]} has "
-                                   f"{size[0] * size[1]} pixels, more than the allowed maximum of "
-                                   f"{max_pixels}")
         return decode_compressed(msg.format, msg.data, max_pixels=max_pixels)
     return decode_image(msg.encoding, msg.width, msg.height, msg.step, msg.data,
                         bool(msg.is_bigendian), max_pixels, significant_bits=significant_bits)
-
-
-# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4 (DHT), C8 (JPG)
-# and CC (DAC) share the range but are not frames.
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def jpeg_size(data) -> tuple[int, int] | None:
-    """(width, height) from a JPEG stream's frame header, or None (not JPEG / no header found).
-
-    Why: OpenCV allocates the full frame a JPEG header claims before it reads the scan, so a
-    600-byte stream claiming 20000x20000 costs seconds and GBs before any size check after
-    decoding. Walks the marker segments only (a handful of jumps), never the entropy data.
-    """
-    try:
-        buf = memoryview(data).cast("B")
-    except (TypeError, ValueError):
-        return None                              # not a flat buffer: decode_compressed reports it
-    if len(buf) < 2 or buf[0] != 0xFF or buf[1] != 0xD8:
-        return None
-    i, n = 2, len(buf)
-    while i + 4 <= n:
-        if buf[i] != 0xFF:
-            return None
-        marker = buf[i + 1]
-        if marker == 0xFF:                       # fill byte before a marker
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:   # markers without a length
-            i += 2
-            continue
-        if marker in (0xD9, 0xDA):               # end of image / start of scan: no frame header
-            return None
-        length = (buf[i + 2] << 8) | buf[i + 3]
-        if marker in _JPEG_SOF and i + 9 <= n:
-            height = (buf[i + 5] << 8) | buf[i + 6]
-            width = (buf[i + 7] << 8) | buf[i + 8]
-            return width, height
-        if length < 2:
-            return None
-        i += 2 + length
-    return None
 
 
 def depth_image_metres(msg: Image) -> np.ndarray:
