@@ -67,12 +67,18 @@ def test_every_available_row_is_a_valid_config_and_missing_params_make_a_row_una
                                         "cloud_enabled": False}   # unknown optional dropped
 
 
-def test_static_world_row_switches_off_every_use_of_p_dynamic_in_the_estimator():
-    values, _ = A.row_config(A.ROWS["static_world"])
-    cfg = make_config(values)
-    assert cfg.window_dynamic_weighting is False
-    assert cfg.window_dynamic_threshold == 1.0 and cfg.window_dynamic_cull == 1.0
+def test_ablation_rows_switch_off_what_they_name():
+    values, missing = A.row_config(A.ROWS["static_world"])
+    assert not missing and make_config(values).window_static_world is True
     assert not A.ROWS["static_world"].dynamic_output
+    values, missing = A.row_config(A.ROWS["no_physics"])
+    cfg = make_config(values)
+    assert not missing and cfg.loss_velocity_weight == 0 and cfg.loss_acceleration_weight == 0
+    assert cfg.loss_camera_motion_weight == 0 and cfg.loss_reprojection_weight > 0
+    values, _ = A.row_config(A.ROWS["no_gnn"])
+    assert make_config(values).graph_scorer == "geometric"
+    assert make_config(A.row_config(A.ROWS["classical_frontend"])[0]).pipeline_frontend == "klt"
+    assert make_config(A.row_config(A.ROWS["full"])[0]).pipeline_frontend == "xfeat"
 
 
 def test_cpu_devices_sets_device_params_unless_given():
@@ -196,16 +202,23 @@ def test_frame_stamps_from_tum_names_else_from_fps():
     assert src == "fps" and np.diff(st).tolist() == [40_000_000, 40_000_000]
 
 
-def test_tracking_summary_tracked_through_needs_every_frame_after_init_and_no_reset():
-    def frames(posed, reset):
-        return [{"index": i, "posed": p, "reset": r, "keypoints": 10, "dynamic_keypoints": 2,
-                 "message": "reset" if r else ""} for i, (p, r) in enumerate(zip(posed, reset))]
+def test_tracking_summary_tracked_through_counts_from_the_map_and_needs_no_reset():
+    def frames(posed, reset, kf=None):
+        kf = kf if kf is not None else posed
+        return [{"index": i, "posed": bool(p), "reset": bool(r), "keyframe": bool(k),
+                 "keypoints": 10, "dynamic_keypoints": 2, "message": "reset" if r else ""}
+                for i, (p, r, k) in enumerate(zip(posed, reset, kf))]
     s = R.tracking_summary(frames([0, 0, 1, 1, 1], [0] * 5), 1.0)
-    assert s["tracked_through"] and s["first_pose_frame"] == 2 and s["fps"] == 5.0
+    assert s["tracked_through"] and s["map_init_frame"] == 2 and s["fps"] == 5.0
+    # A pose before the map (rotation-only while initialising), then the map at frame 3.
+    s = R.tracking_summary(frames([1, 0, 0, 1, 1, 1], [0] * 6, [0, 0, 0, 1, 0, 0]), 1.0)
+    assert s["tracked_through"] and s["first_pose_frame"] == 0 and s["map_init_frame"] == 3
     s = R.tracking_summary(frames([0, 1, 1, 0, 1], [0] * 5), 1.0)
     assert not s["tracked_through"] and s["longest_lost_run_after_init"] == 1
     s = R.tracking_summary(frames([0, 1, 1, 1, 1], [0, 0, 0, 1, 0]), 1.0)
     assert not s["tracked_through"] and s["resets_after_init"] == 1
+    s = R.tracking_summary(frames([1, 1, 1], [0] * 3, [0, 0, 0]), 1.0)
+    assert not s["tracked_through"] and s["map_init_frame"] is None     # never built a map
     assert R.pick_overlay_frames(frames([0, 1, 1, 1, 1, 1, 1, 1], [0] * 8), 3) == [1, 4, 7]
 
 
@@ -240,15 +253,17 @@ def test_cli_writes_results_and_report_and_reuses_them(short_sequence, tmp_path,
         return short_sequence, None
     monkeypatch.setattr(A, "load_sequence_cached", fake_load)
     out, md = tmp_path / "acc", tmp_path / "docs" / "accuracy.md"
+    monkeypatch.setitem(A.ROWS, "future", A.Row("future row", {"no_such_param_xyz": 1}))
     argv = ["--out", str(out), "--frames", "24", "--size", "160x120", "--presets", "fast",
-            "--rows", "no_field,no_physics", "--markdown", str(md)]
+            "--rows", "no_field,future", "--set", "pipeline_frontend:=klt",
+            "--markdown", str(md)]
     assert A.main(argv) == 0
     stored = json.loads((out / "results" / "fast__no_field.json").read_text())
     assert stored["row"] == "no_field" and stored["key"]["overrides"]["field_enabled"] is False
+    assert stored["ran"]["frontend"] == "KLTFrontend"              # --set reached the row
     text = md.read_text()
     assert "### fast" in text and "no SIREN field" in text
-    if "window_physics_enabled" not in {s.name for s in pipeline_params()}:
-        assert "not available yet" in text
+    assert "not available yet: needs parameter(s) no_such_param_xyz" in text
     # --reuse takes the stored result instead of running the pipeline again.
     monkeypatch.setattr(A, "evaluate_one", lambda *a, **k: pytest.fail("should have reused"))
     assert A.main(argv + ["--reuse"]) == 0
@@ -277,3 +292,28 @@ def test_markdown_section_is_replaced_between_marks_and_the_rest_kept(tmp_path):
     text = path.read_text()
     assert "table v1" not in text and "table v2" in text and "hand-written" in text
     assert text.index("table v2") < text.index("## Real data")
+
+
+def test_an_estimate_that_does_not_move_is_scored_against_the_spread_of_the_true_path():
+    gt = gt_trajectory()
+    est = gt.copy()
+    est[:, :3, 3] = [0.5, 0.5, 0.5]              # "camera still": rotation only
+    s = A.trajectory_scores(est, gt, 1.0)
+    g = gt[:, :3, 3]
+    assert s["ate"] == pytest.approx(np.sqrt(np.mean(np.sum((g - g.mean(0)) ** 2, 1))))
+    assert s["ate_align"].startswith("position only")
+    assert s["rpe_r_deg"] < 1e-6 and s["rpe_t"] > 0      # rotation right, motion missed
+
+
+def test_compare_with_sfm_separates_pairs_across_a_reset():
+    gt = gt_trajectory(6)
+    pipe = similarity(gt, 2.0, rot_z(30), [0, 1, 0])
+    pipe[3:, :3, 3] = 5.0 * pipe[3:, :3, 3]           # re-initialised at frame 3, new scale
+    pipe[5] = np.nan
+    c = R.compare_with_sfm(pipe, gt, np.array([0, 0, 0, 1, 0, 0], bool))
+    assert c["pair_indices"] == [[0, 1], [1, 2], [2, 3], [3, 4]]
+    assert c["across_reset"] == [False, False, True, False] and c["pairs_within_map"] == 3
+    assert c["rot_median_deg_within_map"] < 1e-6 and c["dir_median_deg_within_map"] < 1e-4
+    assert max(c["dir_err_deg"]) > 1.0                 # the pair across the reset disagrees
+    none = R.compare_with_sfm(np.full_like(gt, np.nan), gt, np.zeros(6, bool))
+    assert none["pairs"] == 0

@@ -2,7 +2,7 @@
 structure-from-motion reference on the same frames, as one table.
 
     sirenpose_accuracy --out out/accuracy --frames 90 --size 320x240
-        [--rows full,static_world,no_physics,no_field,classical_frontend,sfm]
+        [--rows full,static_world,no_gnn,no_physics,no_field,classical_frontend,sfm,sfm_masked]
         [--presets easy,fast,...] [--seed 0] [--cache-dir DIR] [--reuse]
         [--set NAME:=VALUE ...] [--markdown docs/accuracy.md]
 
@@ -43,16 +43,19 @@ import numpy as np
 DEFAULT_CACHE = Path("/work/notes/acc_cache")
 STATIC_PRESET = "still"          # its ATE target is relative to the scene depth, not the path
 DYNAMIC_SHARE_FOR_ABLATION = 0.20   # "sequences with 20 %+ moving pixels"
+STILL_EPS = 1e-9                    # relative spread below which estimated positions coincide
 
 # ---------------------------------------------------------------------------------------------
 # Rows: name -> configuration
 # ---------------------------------------------------------------------------------------------
 
-# Switches other engineers are adding. Until the pipeline declares these parameter names, the
-# rows that need them are reported "not available" (and `full` runs without them: the table
-# lists which frontend and motion scorer actually ran). Rename here if they land differently.
-FRONTEND_PARAM, LEARNED_FRONTEND, CLASSICAL_FRONTEND = "pipeline_frontend", "xfeat", "klt"
-PHYSICS_PARAM = "window_physics_enabled"
+# The learned frontend is the method's; the pipeline's default stays KLT (the CPU fallback), so
+# the method rows ask for it explicitly (only where the pipeline has the switch).
+LEARNED = {"pipeline_frontend": "xfeat"}
+# The SirenPose physics-inspired terms: velocity and acceleration consistency of dynamic
+# keypoints, and of the camera.
+PHYSICS_OFF = {"loss_velocity_weight": 0.0, "loss_acceleration_weight": 0.0,
+               "loss_camera_motion_weight": 0.0}
 
 
 @dataclass(frozen=True)
@@ -69,22 +72,20 @@ class Row:
 
 
 ROWS: dict[str, Row] = {
-    "full": Row("full method", optional={FRONTEND_PARAM: LEARNED_FRONTEND},
-                note="defaults; learned frontend when the pipeline has one"),
-    "static_world": Row("static world (no dynamic handling)",
-                        {"window_dynamic_weighting": False, "window_dynamic_threshold": 1.0,
-                         "window_dynamic_cull": 1.0},
-                        optional={FRONTEND_PARAM: LEARNED_FRONTEND}, dynamic_output=False,
-                        note="p_dynamic ignored by the estimator: no 1-p weighting, no "
-                             "exclusion from init/triangulation/PnP seeding, no culling"),
-    "no_physics": Row("no physics terms", {PHYSICS_PARAM: False},
-                      optional={FRONTEND_PARAM: LEARNED_FRONTEND},
-                      note="SirenPose velocity/acceleration terms off"),
-    "no_field": Row("no SIREN field (sparse only)", {"field_enabled": False},
-                    optional={FRONTEND_PARAM: LEARNED_FRONTEND},
+    "full": Row("full method", optional=LEARNED,
+                note="defaults (motion GNN scorer, SIREN field, SirenPose terms) + learned frontend"),
+    "static_world": Row("static world (no dynamic handling)", {"window_static_world": True},
+                        optional=LEARNED, dynamic_output=False,
+                        note="estimator ignores p_dynamic everywhere (no weighting, no "
+                             "exclusion, no culling); dynamic labels not scored"),
+    "no_gnn": Row("no motion GNN (geometric scorer)", {"graph_scorer": "geometric"},
+                  optional=LEARNED, note="dynamic probability from static-model residuals only"),
+    "no_physics": Row("no physics terms", PHYSICS_OFF, optional=LEARNED,
+                      note="velocity / acceleration consistency (keypoints and camera) off"),
+    "no_field": Row("no SIREN field (sparse only)", {"field_enabled": False}, optional=LEARNED,
                     note="no dense depth: depth columns and mask IoU empty"),
-    "classical_frontend": Row("classical frontend (GFTT+KLT)",
-                              {FRONTEND_PARAM: CLASSICAL_FRONTEND}),
+    "classical_frontend": Row("classical frontend (GFTT+KLT)", {"pipeline_frontend": "klt"},
+                              note="the method with the CPU fallback frontend"),
     "sfm": Row("offline SfM reference (COLMAP)", kind="sfm", dynamic_output=False,
                note="pycolmap SIFT, sequential matching, incremental mapping, fixed K"),
     "sfm_masked": Row("offline SfM, moving objects masked (oracle)", kind="sfm",
@@ -186,13 +187,24 @@ def trajectory_scores(T_est: np.ndarray, T_gt: np.ndarray, reference_length: flo
     if ok.sum() < 3:
         out["trajectory_error"] = f"{int(ok.sum())} poses; ATE needs 3"
         return out
+    p = T_est[ok][:, :3, 3]
+    if np.ptp(p, axis=0).max() <= STILL_EPS * max(np.abs(p).max(), 1.0):
+        # The estimate says the camera stands still (a pipeline with no baseline keeps its
+        # position): Sim(3) is undefined, and no scale or rotation can move one point, so the
+        # best alignment puts it on the ground-truth centroid: ATE = spread of the true path.
+        g = T_gt[ok][:, :3, 3]
+        rmse = float(np.sqrt(np.mean(np.sum((g - g.mean(axis=0)) ** 2, axis=1))))
+        out.update(ate=rmse, ate_pct=100.0 * rmse / max(reference_length, 1e-12), sim3_scale=1.0,
+                   ate_align="position only (estimate does not move)")
+        out.update(rpe_consecutive(T_est, T_gt, 1.0))
+        return out
     try:
         a = ate(T_est[ok], T_gt[ok], align="sim3")
-    except ValueError as exc:         # e.g. all posed positions (nearly) identical
+    except ValueError as exc:         # e.g. all posed positions on one line
         out["trajectory_error"] = str(exc)
         return out
     out.update(ate=a["rmse"], ate_pct=100.0 * a["rmse"] / max(reference_length, 1e-12),
-               sim3_scale=a["scale"])
+               sim3_scale=a["scale"], ate_align="sim3")
     out.update(rpe_consecutive(T_est, T_gt, a["scale"]))
     return out
 
@@ -386,13 +398,22 @@ def results_table(results: list[dict]) -> list[str]:
                 lines.append(f"| {r['label']} | not available yet: needs parameter(s) "
                              f"{', '.join(r['missing'])} |" + " |" * 10)
                 continue
+            mark = " †" if str(r.get("ate_align", "")).startswith("position only") else ""
             lines.append(
-                f"| {r['label']} | {_f(r.get('ate'), '{:.4f}')} | {_f(r.get('ate_pct'), '{:.2f}')} "
+                f"| {r['label']} | {_f(r.get('ate'), '{:.4f}')}{mark} | {_f(r.get('ate_pct'), '{:.2f}')} "
                 f"| {_f(r.get('rpe_t'), '{:.4f}')} | {_f(r.get('rpe_r_deg'), '{:.3f}')} "
                 f"| {100 * _num(r.get('tracked_share')):.0f} % | {r.get('resets', '–')} "
                 f"| {_f(r.get('depth_abs_rel'), '{:.3f}')} | {_f(r.get('depth_delta1'), '{:.3f}')} "
                 f"| {_f(r.get('dyn_mask_iou'), '{:.3f}')} | {_f(r.get('dyn_kp_f1'), '{:.3f}')} "
                 f"| {_f(r.get('fps'), '{:.1f}')} |")
+        if any(str(r.get("ate_align", "")).startswith("position only") for r in rs):
+            lines += ["", "† the estimate keeps one position (it reports rotation only): "
+                          "no Sim(3) exists, the ATE is the spread of the true positions "
+                          "around their centroid."]
+        if any(ROWS[r["row"]].kind == "sfm" for r in rs if r["row"] in ROWS):
+            lines += ["", "SfM rows: 'tracked' = registered images, 'resets' = extra models "
+                          "COLMAP split the sequence into (only the largest is scored), FPS = "
+                          "frames / wall seconds of extraction + matching + mapping."]
         lines.append("")
     return lines
 

@@ -91,25 +91,29 @@ def run_pipeline_on_folder(image_dir: Path, names: list[str], stamps: np.ndarray
 
 
 def tracking_summary(frames: list[dict], wall_s: float) -> dict:
-    """Did it track through? First pose, frames posed after it, resets after it, lost runs."""
+    """Did it track through? Counted from the map's creation: the first posed keyframe (a
+    pipeline may pose frames before it, e.g. rotation-only while waiting for parallax, and
+    lose them again while it initialises; that is initialisation, not a tracking failure)."""
     from sirenpose_ros.eval.metrics import longest_lost_run
     posed = np.array([f["posed"] for f in frames], bool)
     resets = np.array([f["reset"] for f in frames], bool)
+    mapped = posed & np.array([f.get("keyframe", False) for f in frames], bool)
     n = len(frames)
     first = int(np.argmax(posed)) if posed.any() else None
-    after = posed[first:] if first is not None else np.zeros(0, bool)
+    init = int(np.argmax(mapped)) if mapped.any() else None
+    after = posed[init:] if init is not None else np.zeros(0, bool)
     dyn = np.array([f["dynamic_keypoints"] for f in frames], float)
     kps = np.array([f["keypoints"] for f in frames], float)
     return {
         "frames": n, "frames_posed": int(posed.sum()), "first_pose_frame": first,
+        "map_init_frame": init,
         "posed_share": float(posed.mean()) if n else 0.0,
         "posed_share_after_init": float(after.mean()) if after.size else 0.0,
         "resets": int(resets.sum()),
-        "resets_after_init": int(resets[first + 1:].sum()) if first is not None else 0,
+        "resets_after_init": int(resets[init + 1:].sum()) if init is not None else 0,
         "longest_lost_run_after_init": longest_lost_run(after) if after.size else n,
-        # "tracked through": a pose on every frame from the first one on, and no reset since.
-        "tracked_through": bool(first is not None and after.all()
-                                and not resets[first + 1:].any()),
+        # "tracked through": a pose on every frame from the map's creation on, no reset since.
+        "tracked_through": bool(init is not None and after.all() and not resets[init + 1:].any()),
         "dynamic_keypoint_share_mean": float(np.mean(dyn / np.maximum(kps, 1))) if n else 0.0,
         "messages": sorted({f["message"] for f in frames if f["message"]}),
         "wall_s": wall_s, "fps": n / wall_s if wall_s > 0 else None,
@@ -162,8 +166,10 @@ def overlay_figure(path: Path, image_dir: Path, names: list[str], keypoints: lis
 
 
 def pick_overlay_frames(frames: list[dict], k: int) -> list[int]:
-    """k frames spread over the posed part of the sequence (all frames if none is posed)."""
-    posed = [f["index"] for f in frames if f["posed"]]
+    """k frames spread over the posed frames from the map's creation (the first posed
+    keyframe) on; all posed frames without a map, all frames if none is posed."""
+    init = next((f["index"] for f in frames if f["posed"] and f.get("keyframe")), 0)
+    posed = [f["index"] for f in frames if f["posed"] and f["index"] >= init]
     pool = posed if posed else [f["index"] for f in frames]
     if not pool:
         return []
@@ -171,22 +177,35 @@ def pick_overlay_frames(frames: list[dict], k: int) -> list[int]:
     return [pool[j] for j in dict.fromkeys(idx.tolist())]
 
 
-def compare_with_sfm(T_pipe: np.ndarray, T_sfm: np.ndarray) -> dict:
-    """Relative-pose agreement on consecutive frames both have; also how many pairs exist."""
+def compare_with_sfm(T_pipe: np.ndarray, T_sfm: np.ndarray, resets: np.ndarray) -> dict:
+    """Relative-pose agreement on consecutive frames both posed. A pair whose second frame
+    reset the pipeline relates poses of two different maps (the pipeline keeps odometry
+    continuous across a re-initialisation, but the scale may change), so the summary medians
+    are given for pairs within one map and for all pairs."""
     from sirenpose_ros.eval.sfm_reference import relative_pose_errors
     both = np.isfinite(T_pipe).all(axis=(1, 2)) & np.isfinite(T_sfm).all(axis=(1, 2))
-    out = {"frames_both_posed": int(both.sum())}
-    if both.sum() < 2 or not (both[:-1] & both[1:]).any():
-        out["pairs"] = 0
-        out["note"] = "no consecutive pair posed by both"
+    out: dict = {"frames_both_posed": int(both.sum())}
+    if not (both[:-1] & both[1:]).any():
+        out.update(pairs=0, note="no consecutive pair posed by both")
         return out
     e = relative_pose_errors(T_pipe, T_sfm)
-    out.update(pairs=e["n"], rot_err_deg=[round(float(x), 4) for x in e["rot_err_deg"]],
+    across = np.asarray(resets, bool)[e["pairs"][:, 1]]
+    within = ~across
+
+    def med(x, m):
+        x = x[m & np.isfinite(x)]
+        return float(np.median(x)) if x.size else float("nan")
+    out.update(pairs=e["n"], pairs_within_map=int(within.sum()),
+               pair_indices=e["pairs"].tolist(), across_reset=across.tolist(),
+               rot_err_deg=[round(float(x), 4) for x in e["rot_err_deg"]],
                dir_err_deg=[None if not np.isfinite(x) else round(float(x), 3)
                             for x in e["dir_err_deg"]],
-               pair_indices=e["pairs"].tolist(), rot_median_deg=e["rot_median_deg"],
-               rot_mean_deg=e["rot_mean_deg"], dir_median_deg=e["dir_median_deg"],
-               dir_mean_deg=e["dir_mean_deg"])
+               rot_median_deg=e["rot_median_deg"], dir_median_deg=e["dir_median_deg"],
+               rot_median_deg_within_map=med(e["rot_err_deg"], within),
+               dir_median_deg_within_map=med(e["dir_err_deg"], within),
+               rot_max_deg=float(np.max(e["rot_err_deg"])),
+               dir_max_deg=float(np.nanmax(e["dir_err_deg"])) if np.isfinite(e["dir_err_deg"]).any()
+               else float("nan"))
     return out
 
 
@@ -278,12 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         summary["sfm"] = {"registered_share": sfm.registered_share, "models": sfm.n_models,
                           "points3d": sfm.n_points3d, "reproj_px": sfm.mean_reproj_error_px,
                           "wall_s": sfm.wall_s, **sfm.options, **sfm_self_consistency(sfm.T_world_cam)}
-        summary["pipeline_vs_sfm"] = compare_with_sfm(T, sfm.T_world_cam)
+        resets = np.array([f["reset"] for f in run["frames"]], bool)
+        summary["pipeline_vs_sfm"] = compare_with_sfm(T, sfm.T_world_cam, resets)
 
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     s = summary
     print(f"[real] {s['frames']} frames, posed {s['frames_posed']} (first at "
-          f"{s['first_pose_frame']}), resets {s['resets']} ({s['resets_after_init']} after init), "
+          f"{s['first_pose_frame']}, map at {s['map_init_frame']}), resets {s['resets']} ({s['resets_after_init']} after init), "
           f"tracked through: {s['tracked_through']}, dynamic keypoints "
           f"{100 * s['dynamic_keypoint_share_mean']:.1f} % (mean), {s['fps']:.1f} FPS")
     if "pipeline_vs_sfm" in s:
@@ -291,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[real] COLMAP registered {100 * f['registered_share']:.0f} % ({f['models']} "
               f"model(s)); pipeline vs COLMAP on {c['pairs']} consecutive pairs: rotation "
               f"{c.get('rot_median_deg', float('nan')):.3f} deg, translation direction "
-              f"{c.get('dir_median_deg', float('nan')):.2f} deg (medians)")
+              f"{c.get('dir_median_deg', float('nan')):.2f} deg (medians; within one map, "
+              f"{c.get('pairs_within_map', 0)} pairs: "
+              f"{c.get('rot_median_deg_within_map', float('nan')):.3f} / "
+              f"{c.get('dir_median_deg_within_map', float('nan')):.2f} deg)")
     print(f"[real] outputs in {args.out}/")
     return 0
 
