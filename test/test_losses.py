@@ -286,13 +286,14 @@ def test_siren_pose_loss_weights_switch_terms_off():
             total.backward()
         return total.detach(), terms, Xv.grad, Pv.grad
 
-    full = L.SirenPoseLoss.from_config()
+    full = L.SirenPoseLoss.from_config({"loss_depth_weight": 1.0})   # every term on
     total, terms, gX, gP = run(full)
     assert set(terms) == set(L.TERMS)
     assert abs(float(total) - sum(terms.values())) < 1e-6 * float(total)
     assert all(v > 0 for v in terms.values()), terms
     # Dynamic terms off: P gets no gradient and those terms are not reported.
-    off = L.SirenPoseLoss.from_config({"loss_velocity_weight": 0.0, "loss_acceleration_weight": 0.0,
+    off = L.SirenPoseLoss.from_config({"loss_depth_weight": 1.0,
+                                       "loss_velocity_weight": 0.0, "loss_acceleration_weight": 0.0,
                                        "loss_rigidity_weight": 0.0})
     _, terms, gX, gP = run(off)
     assert gP is None and gX is not None

@@ -208,3 +208,36 @@ def test_degrade_moves_the_field_to_the_cpu_then_has_nothing_left():
     assert "CPU" in pipe.degrade()
     assert pipe.field.device.type == "cpu" and pipe.cfg.field_device == "cpu"
     assert pipe.degrade() == "nothing left to reduce"
+
+
+def test_without_the_field_the_cloud_is_the_sparse_landmarks():
+    import numpy as np
+    from sirenpose_ros.core.camera import CameraModel
+    from sirenpose_ros.core.config import make_config
+    from sirenpose_ros.core.pipeline import Pipeline
+    from sirenpose_ros.core.types import Frame, TrackingState
+    from sirenpose_ros.synth.sequence import render_sequence
+    seq = render_sequence("easy", seed=0, n_frames=30, width=320, height=240)
+    K = seq.K
+    cam = CameraModel.pinhole(320, 240, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+    pipe = Pipeline(make_config({"field_enabled": False, "joint_enabled": False,
+                                 "graph_scorer": "geometric"}))
+    clouds = []
+    for i in range(30):
+        r = pipe.process(Frame(int(seq.stamps_ns[i]), seq.rgb[i].mean(axis=2).astype(np.uint8),
+                               seq.rgb[i], cam))
+        if r.state is TrackingState.TRACKING and r.cloud is not None:
+            clouds.append((r, i))
+    assert clouds, "no sparse cloud at all"
+    r, i = clouds[-1]
+    assert r.depth is None and 20 < len(r.cloud) <= len(r.keypoints)
+    # The points are landmarks seen by this camera: in front of it, at the keypoints' depths.
+    T_cw = np.linalg.inv(r.T_world_cam)
+    z = r.cloud.xyz.astype(np.float64) @ T_cw[:3, :3].T + T_cw[:3, 3]
+    assert (z[:, 2] > 0).all()
+    d = r.keypoint_depth
+    ok = np.isfinite(d) & (d > 0) & (d < pipe.cfg.cloud_max_depth)
+    assert len(z) == ok.sum() and np.allclose(z[:, 2], d[ok], rtol=1e-4)
+    # ... and they project onto their keypoints (full-resolution pixels).
+    uv = z[:, :2] / z[:, 2:] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+    assert np.median(np.linalg.norm(uv - r.keypoints[ok], axis=1)) < 1.0

@@ -17,6 +17,9 @@ DT_NS = 33_333_333
 
 
 def _cfg(**kw):
+    # These point-world tests exercise the window with the geometric scorer: the motion GNN is
+    # trained on image tracks (its own held-out test is test_motion_gnn.py).
+    kw.setdefault("graph_scorer", "geometric")
     return Config(validate(window.PARAMS + graph.PARAMS, kw))
 
 

@@ -34,7 +34,7 @@ from sirenpose_ros.core.frontend import KLTFrontend
 from sirenpose_ros.core.graph import KeypointGraph
 from sirenpose_ros.core.joint import JointWindowRefiner, apply_to_window, snapshot_from_window, warm_start
 from sirenpose_ros.core.params import ParamSpec
-from sirenpose_ros.core.types import Frame, FrameResult, TrackingState
+from sirenpose_ros.core.types import Cloud, Frame, FrameResult, TrackingState
 from sirenpose_ros.core.window import SlidingWindowEstimator
 
 PARAMS = [
@@ -288,8 +288,41 @@ class Pipeline:
                 and (has_depth or self.field.fitted)):
             self._dense(ctx["frame"], ctx["cam"], ctx["xn"], ctx["p_dyn"], ctx["ids"], wres, result,
                         timings)
+        elif (wres.state == TrackingState.TRACKING and self.field is None and has_depth
+              and self.cfg.cloud_enabled):
+            t0 = time.perf_counter()
+            result.cloud = self._sparse_cloud(ctx["frame"], ctx["xn"], ctx["p_dyn"], ctx["ids"], wres,
+                                              result.keypoints)
+            timings["cloud"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = timings.get("total", 0.0) + (time.perf_counter() - t_start) * 1e3
         return result
+
+    def _keypoint_velocity(self, ids: np.ndarray) -> np.ndarray:
+        """World velocity per keypoint: from the joint refinement for dynamic tracks, else 0."""
+        vel = np.zeros((len(ids), 3), np.float32)
+        if len(self._vel_ids):
+            pos = np.clip(np.searchsorted(self._vel_ids, ids), 0, len(self._vel_ids) - 1)
+            hit = self._vel_ids[pos] == ids
+            vel[hit] = self._vel[pos[hit]]
+        return vel
+
+    def _sparse_cloud(self, frame, xn, p_dyn, ids, wres, px_input) -> Cloud:
+        """Without the field (field_enabled false): the tracked keypoints that have a landmark,
+        at their landmark depth, with colour, dynamic probability and velocity."""
+        z = wres.landmark_depth
+        ok = np.isfinite(z) & (z > 0) & (z < self.cfg.cloud_max_depth)
+        Xc = np.column_stack([xn[ok] * z[ok, None], z[ok]])
+        T = wres.T_world_cam
+        xyz = (Xc @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+        px = px_input[ok]
+        if frame.rgb is not None:
+            h, w = frame.rgb.shape[:2]
+            u = np.clip(np.round(px[:, 0]).astype(int), 0, w - 1)
+            v = np.clip(np.round(px[:, 1]).astype(int), 0, h - 1)
+            rgb = cloud_mod.pack_rgb(frame.rgb[v, u])
+        else:
+            rgb = np.full(len(xyz), 0x808080, np.uint32)
+        return Cloud(xyz, rgb, p_dyn[ok].astype(np.float32), self._keypoint_velocity(ids[ok]))
 
     def _dense(self, frame, cam, xn, p_dyn, ids, wres, result, timings) -> None:
         cfg = self.cfg
@@ -329,12 +362,7 @@ class Pipeline:
         radius = cfg.pipeline_dynamic_radius_px * (w - 1) / (W - 1)
         # Per keypoint: dynamic probability and world velocity (from the joint refinement for
         # dynamic tracks, zero for static ones), spread to the grid by nearest keypoint.
-        vel = np.zeros((len(ids), 3), np.float32)
-        if len(self._vel_ids):
-            pos = np.clip(np.searchsorted(self._vel_ids, ids), 0, len(self._vel_ids) - 1)
-            hit = self._vel_ids[pos] == ids
-            vel[hit] = self._vel[pos[hit]]
-        values = np.column_stack([p_dyn.astype(np.float32), vel])
+        values = np.column_stack([p_dyn.astype(np.float32), self._keypoint_velocity(ids)])
         dense_kp = cloud_mod.densify_keypoint_values(np.stack([u, v], axis=1), values, h, w, radius)
         dyn = np.where(np.isfinite(dense_kp[..., 0]), dense_kp[..., 0], cfg.graph_prior).astype(np.float32)
         velocity = np.nan_to_num(dense_kp[..., 1:]).astype(np.float32)
