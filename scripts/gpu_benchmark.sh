@@ -4,7 +4,8 @@
 #   stage=cv   : install OpenCV, run the classical-frontend rows
 #   stage=xfeat: install the learned-frontend wheels, run the learned rows and the CPU/GPU parity
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat [commit]}"
+commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 for d in .whl_cv .whl; do
@@ -14,15 +15,20 @@ done
 python3 -c "import torch, cv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0), 'cv2', cv2.__version__)"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 bench() { python3 -m sirenpose_ros.tools.benchmark --mode pipeline --frames 300 --warmup 30 --render-workers 8 \
-          --cache-dir /tmp/render --commit "$(cat .commit 2>/dev/null || echo unknown)" "$@"; }
+          --cache-dir /tmp/render --commit "$commit" "$@"; }
 if [ "$stage" = cv ]; then
-  bench --size 640x480,1280x720 --label gpu-klt-dense --param field_device:=cuda --json "$OUT/gpu_klt_dense.json"
-  bench --size 640x480 --label gpu-klt-dense-cpufield --param field_device:=cpu --json "$OUT/gpu_klt_cpu_field.json"
+  # Classical frontend (CPU), motion GNN, SIREN field on the GPU; the same on this host's CPU
+  # as the pose-agreement reference; and poses only.
+  bench --size 640x480,1280x720 --label gpu-klt-dense --param field_device:=cuda --param gnn_device:=cuda \
+        --json "$OUT/gpu_klt_dense.json"
+  bench --size 640x480 --label hostcpu-klt-dense --param field_device:=cpu --json "$OUT/hostcpu_klt_dense.json"
+  bench --size 640x480 --label gpu-klt-poses --param field_enabled:=false --param gnn_device:=cuda \
+        --json "$OUT/gpu_klt_poses.json"
 else
-  bench --size 640x480,1280x720 --label gpu-xfeat-lg-dense --param pipeline_frontend:=xfeat \
-        --param xfeat_device:=cuda --param field_device:=cuda --json "$OUT/gpu_xfeat_lg.json"
-  bench --size 640x480,1280x720 --label gpu-xfeat-mnn-dense --param pipeline_frontend:=xfeat \
-        --param xfeat_matcher:=mnn --param xfeat_device:=cuda --param field_device:=cuda \
-        --json "$OUT/gpu_xfeat_mnn.json"
+  # Learned frontend on the GPU. The motion GNN was trained on KLT tracks, so these rows use
+  # the geometric scorer (see docs/benchmarks.md).
+  x="--param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --param graph_scorer:=geometric"
+  bench --size 640x480,1280x720 --label gpu-xfeat-lg-dense $x --json "$OUT/gpu_xfeat_lg.json"
+  bench --size 640x480 --label gpu-xfeat-mnn-dense $x --param xfeat_matcher:=mnn --json "$OUT/gpu_xfeat_mnn.json"
 fi
 ls -la "$OUT"
