@@ -220,10 +220,6 @@ class Pipeline:
         wres = self.window.update_map(g.p_dynamic)
         timings["window"] = (t_window + time.perf_counter() - t0) * 1e3
         timings["graph"] = t_graph * 1e3
-        if self.joint is not None and wres.is_keyframe and wres.state == TrackingState.TRACKING:
-            t0 = time.perf_counter()
-            self._refine_window(g, ids, cam)
-            timings["joint"] = (time.perf_counter() - t0) * 1e3
         if est.message:
             messages.append(est.message)
         if est.reset or wres.reset:
@@ -239,7 +235,7 @@ class Pipeline:
             dynamic_prob=g.p_dynamic.copy(), keypoint_depth=wres.landmark_depth.copy(),
             reset=reset, new_world=new_world, message="; ".join(messages), timings_ms=timings)
         self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, ids=ids,
-                               wres=wres)
+                               wres=wres, graph=g)
         if wres.state == TrackingState.TRACKING:
             self._tracked_count += 1
         timings["total"] = (time.perf_counter() - t_start) * 1e3
@@ -277,11 +273,17 @@ class Pipeline:
         self._dense_ctx = None
         t_start = time.perf_counter()
         timings = result.timings_ms
+        wres = ctx["wres"]
+        # The joint refinement improves the window for the frames to come, not this frame's
+        # pose: it runs here, after the caller published that pose, to keep it off TF latency.
+        if self.joint is not None and wres.is_keyframe and wres.state == TrackingState.TRACKING:
+            t0 = time.perf_counter()
+            self._refine_window(ctx["graph"], ctx["ids"], ctx["cam"])
+            timings["joint"] = (time.perf_counter() - t0) * 1e3
 
         # 4. field and 5. cloud (only with a pose)
         timings["field"] = 0.0
         timings["cloud"] = 0.0
-        wres = ctx["wres"]
         due = wres.is_keyframe or (self._tracked_count - 1) % int(self.cfg.pipeline_dense_every) == 0
         has_depth = bool(np.any(np.isfinite(wres.landmark_depth)))
         if (wres.state == TrackingState.TRACKING and self.field is not None and due

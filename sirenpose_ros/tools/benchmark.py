@@ -57,7 +57,7 @@ STAGE_NAMES = {
     "gnn": "motion GNN",
     "graph": "keypoint graph + dynamic probability (motion GNN when enabled)",
     "window": "window solve (pose, keyframes, triangulation, bundle adjustment)",
-    "joint": "SirenPose joint window refinement (keyframes only; on the pose path)",
+    "joint": "SirenPose joint window refinement (keyframes only; after the pose is published)",
     "field": "field fit + dense depth render",
     "cloud": "cloud (back-projection, voxel map)",
     "publish_tf": "TF/odometry payload (pose composition + quaternion)",
