@@ -113,3 +113,16 @@ def test_invalid_parameter_refused_at_start(tmp_path):
         assert r.returncode == 2, r.stdout + r.stderr
         out = r.stdout + r.stderr
         assert word in out and ("expected" in out or "allowed" in out.lower()), out
+
+
+def test_missing_or_corrupt_model_file_stops_the_node_at_start(tmp_path):
+    from sirenpose_ros.ros.spawn import node_command
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x80\x04not a safetensors file")
+    for path, word in ((tmp_path / "missing.safetensors", "missing.safetensors"),
+                       (corrupt, "corrupt.safetensors")):
+        cmd = node_command({"gnn_weights": str(path)})
+        r = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=60)
+        out = r.stdout + r.stderr
+        assert r.returncode == 2, out
+        assert "not starting" in out and word in out, out

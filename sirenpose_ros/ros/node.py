@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv)
     try:
         node = SirenPoseNode()
-    except (ParamError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:   # ParamError, missing or corrupt model file
         rclpy.logging.get_logger("sirenpose").fatal(f"not starting: {exc}")
         rclpy.try_shutdown()
         return 2
