@@ -179,7 +179,7 @@ class SirenPoseNode(Node):
         self._info_topic = "camera_info"
         self.create_subscription(CameraInfo, self._info_topic, self._on_camera_info, in_qos)
         if self.core_cfg.scale_source == "depth":
-            self.create_subscription(Image, "depth", self._depths.append, in_qos)
+            self.create_subscription(Image, "depth", lambda m: self._depths.append(m), in_qos)
 
         out_qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
                              history=HistoryPolicy.KEEP_LAST, depth=10)
