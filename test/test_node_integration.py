@@ -11,7 +11,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from ros_harness import RosSession, image_msg, info_msg  # noqa: E402
+from ros_harness import image_msg, info_msg  # noqa: E402
 from sirenpose_ros.eval.metrics import associate, ate, trajectory_length  # noqa: E402
 from sirenpose_ros.ros.messages import stamp_to_ns  # noqa: E402
 from sirenpose_ros.synth.sequence import render_sequence  # noqa: E402
@@ -23,23 +23,6 @@ FAST = {"diagnostics_period": 0.1}
 @pytest.fixture(scope="module")
 def easy_seq():
     return render_sequence("easy", seed=0, n_frames=60, width=320, height=240, fps=30.0)
-
-
-@pytest.fixture
-def session(tmp_path):
-    sessions = []
-
-    def make(**kw):
-        params = dict(FAST, **kw.pop("params", {}))
-        s = RosSession(tmp_path, params=params, **kw)
-        sessions.append(s)
-        s.wait_connected()
-        return s
-    yield make
-    for s in sessions:
-        s.close()
-    if rclpy.ok():
-        rclpy.shutdown()
 
 
 def test_outputs_frames_stamps_and_accuracy(session, easy_seq):

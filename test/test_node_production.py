@@ -50,23 +50,6 @@ def small():
     return render_sequence("easy", seed=0, n_frames=4, width=160, height=120, fps=30.0)
 
 
-@pytest.fixture
-def session(tmp_path):
-    sessions = []
-
-    def make(**kw):
-        params = dict(FAST, **kw.pop("params", {}))
-        s = RosSession(tmp_path, params=params, **kw)
-        sessions.append(s)
-        s.wait_connected()
-        return s
-    yield make
-    for s in sessions:
-        s.close()
-    if rclpy.ok():
-        rclpy.shutdown()
-
-
 def stamped(msg, stamp_ns: int):
     msg.header.stamp = ns_to_stamp(int(stamp_ns))
     msg.header.frame_id = FRAME_ID

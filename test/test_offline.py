@@ -14,9 +14,10 @@ from sirenpose_ros.io.ply import read_ply
 from sirenpose_ros.io.tum import read_tum
 from sirenpose_ros.synth.sequence import render_sequence, write_sequence
 from sirenpose_ros.tools import offline
+from sirenpose_ros.core.params import ParamError, parse_assignments, parse_value
 from sirenpose_ros.tools.offline import (core_values, gather_params, grid_indices, main,
-                                         parse_value, read_params_file, resize_nearest,
-                                         run_offline, timing_stats)
+                                         read_params_file, resize_nearest, run_offline,
+                                         timing_stats)
 
 # 60 frames: initialisation needs ~10 frames of parallax, which would leave 40 frames with
 # only ~75 % tracked.
@@ -191,6 +192,9 @@ def test_parse_value_types_like_ros():
     assert parse_value("1e-3") == 1e-3            # YAML 1.1 would leave this a string
     assert parse_value("true") is True and parse_value("False") is False
     assert parse_value("cpu") == "cpu"
+    assert parse_assignments(["a:=1", " b := x "]) == {"a": 1, "b": "x"}
+    with pytest.raises(ParamError, match="NAME:=VALUE"):
+        parse_assignments(["a=1"])
 
 
 def test_params_file_sections(tmp_path):

@@ -69,3 +69,29 @@ def validate(specs: Iterable[ParamSpec], values: dict[str, Any]) -> dict[str, An
     for name, value in values.items():
         out[name] = by_name[name].check(value)
     return out
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value typed as ROS types ``-p name:=value`` (a YAML scalar).
+
+    PyYAML (YAML 1.1) reads '1e-3' as a string; ROS users write it, so retry it as a float.
+    """
+    import yaml
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_assignments(items: Iterable[str], flag: str = "--param") -> dict[str, Any]:
+    """``["name:=value", ...]`` -> ``{name: typed value}``; ParamError names a malformed item."""
+    out = {}
+    for item in items:
+        if ":=" not in item:
+            raise ParamError(f"{flag} {item!r}: expected NAME:=VALUE")
+        name, text = item.split(":=", 1)
+        out[name.strip()] = parse_value(text.strip())
+    return out

@@ -11,7 +11,7 @@ from std_msgs.msg import Header
 from sirenpose_ros.core.camera import CameraModel
 from sirenpose_ros.core.image import decode_compressed, decode_image
 from sirenpose_ros.core.types import Cloud
-from sirenpose_ros.io.tum import matrix_to_quat
+from sirenpose_ros.io.tum import matrix_to_quat, quat_to_matrix
 
 # PointCloud2 layout: RViz colours a UINT32 field named "rgb" as 0x00RRGGBB.
 CLOUD_DTYPE = np.dtype([
@@ -63,14 +63,17 @@ def depth_image_metres(msg: Image) -> np.ndarray:
     return depth
 
 
+def matrix_from(translation, rotation) -> np.ndarray:
+    """4x4 from a geometry_msgs Vector3/Point and Quaternion."""
+    T = np.eye(4)
+    T[:3, :3] = quat_to_matrix(np.array([rotation.x, rotation.y, rotation.z, rotation.w]))
+    T[:3, 3] = [translation.x, translation.y, translation.z]
+    return T
+
+
 def transform_to_matrix(tf) -> np.ndarray:
     """geometry_msgs/Transform -> 4x4."""
-    from sirenpose_ros.io.tum import quat_to_matrix
-    T = np.eye(4)
-    q = tf.rotation
-    T[:3, :3] = quat_to_matrix(np.array([q.x, q.y, q.z, q.w]))
-    T[:3, 3] = [tf.translation.x, tf.translation.y, tf.translation.z]
-    return T
+    return matrix_from(tf.translation, tf.rotation)
 
 
 def transform_cloud(cloud: Cloud, T: np.ndarray) -> Cloud:

@@ -11,17 +11,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import PointCloud2
 from tf2_msgs.msg import TFMessage
 
-from sirenpose_ros.io.tum import quat_to_matrix
-from sirenpose_ros.ros.messages import cloud2_to_array, stamp_to_ns, transform_to_matrix
+from sirenpose_ros.ros.messages import cloud2_to_array, matrix_from, stamp_to_ns, transform_to_matrix
 
 
 def pose_to_matrix(pose) -> np.ndarray:
-    """geometry_msgs/Pose -> 4x4."""
-    T = np.eye(4)
-    q = pose.orientation
-    T[:3, :3] = quat_to_matrix(np.array([q.x, q.y, q.z, q.w]))
-    T[:3, 3] = [pose.position.x, pose.position.y, pose.position.z]
-    return T
+    """geometry_msgs/Pose -> 4x4 (the same fields as a Transform, under other names)."""
+    return matrix_from(pose.position, pose.orientation)
 
 
 class OutputRecorder(Node):

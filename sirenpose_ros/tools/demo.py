@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sirenpose_ros.core.params import parse_assignments
 from sirenpose_ros.ros.dds import confine_this_process, local_dds_env, private_domain_id
 
 IMAGE_TOPIC = "/camera/image_raw"
@@ -42,15 +43,6 @@ def parse_args(argv):
                     "(needs --gt for metrics)")
     ap.add_argument("--gt", default=None, help="ground-truth TUM file for --bag")
     return ap.parse_args(argv)
-
-
-def _parse_value(text: str):
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def run_demo(args) -> dict:
@@ -81,7 +73,7 @@ def run_demo(args) -> dict:
     from sirenpose_ros.ros.recorder import OutputRecorder
 
     params = {"use_sim_time": True, "input_qos": "sensor_data"}
-    params.update(dict((k, _parse_value(v)) for k, v in (p.split(":=", 1) for p in args.param)))
+    params.update(parse_assignments(args.param))
     node_proc = spawn.start(spawn.node_command(params, {"image": IMAGE_TOPIC, "camera_info": INFO_TOPIC}),
                             env, out / "node.log")
     rclpy.init()

@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sirenpose_ros.core.params import parse_assignments
+
 IMAGE_TOPIC = "/camera/image_raw"
 INFO_TOPIC = "/camera/camera_info"
 # The live node's name (sirenpose_ros/ros/node.py); not imported, because that module needs rclpy.
@@ -42,21 +44,6 @@ DYNAMIC_THRESHOLD = 0.5
 # ---------------------------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------------------------
-
-def parse_value(text: str) -> Any:
-    """A ``--param`` value typed as ROS types ``-p name:=value`` (YAML scalar).
-
-    PyYAML (YAML 1.1) reads '1e-3' as a string; ROS users write it, so retry it as a float.
-    """
-    import yaml
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """ROS params files may nest parameters: {a: {b: 1}} is the parameter 'a.b'."""
@@ -596,7 +583,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def gather_params(params_file: Path | None, params: list[str]) -> tuple[dict, list[str]]:
     """Core values from a params file overlaid with NAME:=VALUE strings -> (values, ignored)."""
     values = read_params_file(params_file) if params_file is not None else {}
-    values.update((k.strip(), parse_value(v)) for k, v in (p.split(":=", 1) for p in params))
+    values.update(parse_assignments(params))
     return core_values(values)
 
 

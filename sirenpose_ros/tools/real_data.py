@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sirenpose_ros.core.params import parse_assignments
+
 DYNAMIC_THRESHOLD = 0.5
 START_NS = 1_000_000_000
 MIN_EPOCH_S = 1_000_000     # file names above this many seconds are stamps
@@ -253,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
     from sirenpose_ros.eval.sfm_reference import list_images
     from sirenpose_ros.io.tum import write_tum
-    from sirenpose_ros.tools.offline import parse_value
 
     if args.torch_threads > 0:
         import torch
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     cy = args.cy if args.cy is not None else (h - 1) / 2.0
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
     stamps, stamp_source = frame_stamps(names, args.fps)
-    values = {k.strip(): parse_value(v) for k, v in (p.split(":=", 1) for p in args.param)}
+    values = parse_assignments(args.param)
     args.out.mkdir(parents=True, exist_ok=True)
 
     run = run_pipeline_on_folder(args.image_dir, names, stamps, K, values)

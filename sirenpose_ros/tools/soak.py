@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sirenpose_ros.core.params import parse_assignments
 from sirenpose_ros.ros.dds import confine_this_process, local_dds_env, private_domain_id
 
 IMAGE_TOPIC = "/soak/image_raw"
@@ -56,15 +57,6 @@ def parse_args(argv):
                          "OMP_NUM_THREADS=1")
     ap.add_argument("--out", default="out/soak", help="output folder (default out/soak)")
     return ap.parse_args(argv)
-
-
-def _parse_value(text: str):
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 # ------------------------------------------------------------------------------ /proc sampling
@@ -187,7 +179,7 @@ def run_soak(args) -> dict:
     from sirenpose_ros.ros.messages import ns_to_stamp
 
     params = {"diagnostics_period": 0.5, "extrinsics_source": "parameters"}
-    params.update((k, _parse_value(v)) for k, v in (p.split(":=", 1) for p in args.param))
+    params.update(parse_assignments(args.param))
     proc = spawn.start(spawn.node_command(params, {"image": IMAGE_TOPIC, "camera_info": INFO_TOPIC}),
                        env, out / "node.log")
     rclpy.init()
