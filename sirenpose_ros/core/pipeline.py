@@ -274,8 +274,12 @@ class Pipeline:
         t_start = time.perf_counter()
         timings = result.timings_ms
         wres = ctx["wres"]
-        # The joint refinement improves the window for the frames to come, not this frame's
-        # pose: it runs here, after the caller published that pose, to keep it off TF latency.
+        # Keyframe insertion (triangulation, bundle adjustment) and the joint refinement improve
+        # the window for the frames to come, not this frame's pose: they run here, after the
+        # caller published that pose, to keep them off the TF latency.
+        t0 = time.perf_counter()
+        if self.window.finish_keyframe():
+            timings["window"] = timings.get("window", 0.0) + (time.perf_counter() - t0) * 1e3
         if self.joint is not None and wres.is_keyframe and wres.state == TrackingState.TRACKING:
             t0 = time.perf_counter()
             self._refine_window(ctx["graph"], ctx["ids"], ctx["cam"])

@@ -334,6 +334,7 @@ class SlidingWindowEstimator:
         self._history = deque(maxlen=max(3, int(self.cfg.window_velocity_frames) + 1))  # (stamp, T_wc)
         self._last_good = None         # dict(ids, xn, T_wc, median_depth, stamp) of last tracked frame
         self._pending = None           # data carried from estimate_pose to update_map
+        self._deferred_kf = None       # keyframe decided by update_map, inserted by finish_keyframe
         self._info = np.eye(6)
         self._sigma2 = 1.0
         self._rng = np.random.default_rng(0)     # RANSAC sampling: reproducible runs
@@ -363,6 +364,7 @@ class SlidingWindowEstimator:
 
         ``p_prior``: each track's dynamic probability from earlier frames (graph prior).
         """
+        self.finish_keyframe()        # normally done already, after the previous pose went out
         ids = np.asarray(ids, np.int64)
         xn = np.asarray(xn, np.float64)
         p_prior = np.asarray(p_prior, np.float64)
@@ -414,10 +416,12 @@ class SlidingWindowEstimator:
         k, hit = _lookup(self.lm_ids, ids)
         self.lm_p[k[hit]] = p_dynamic[hit]
         is_kf = pend["is_init"]
-        if not is_kf and self._need_keyframe(ids, xn, hit):
-            self._add_keyframe(pend["stamp"], ids, xn, pend["T_cw"], p_dynamic)
-            is_kf = True
         T_cw = self.keyframes[-1].T_cw if is_kf else pend["T_cw"]
+        if not is_kf and self._need_keyframe(ids, xn, hit):
+            # Triangulation and bundle adjustment wait for finish_keyframe(), so that the caller
+            # can publish this frame's pose first; the next estimate_pose() sees their result.
+            self._deferred_kf = (pend["stamp"], ids, xn, pend["T_cw"], p_dynamic)
+            is_kf = True
         T_wc = geo.invert(T_cw)
         self._history.append((pend["stamp"], T_wc))
         # Landmark depth per track (the field stage consumes it).
@@ -875,6 +879,15 @@ class SlidingWindowEstimator:
                 or since >= c.window_kf_max_frames or tracked_lm.sum() < 3 * c.window_min_inliers):
             return True
         return False
+
+    def finish_keyframe(self) -> bool:
+        """Insert the keyframe the last update_map() decided on: triangulation, bundle adjustment,
+        culling. Call before the next estimate_pose(); returns whether there was one."""
+        if self._deferred_kf is None:
+            return False
+        args, self._deferred_kf = self._deferred_kf, None
+        self._add_keyframe(*args)
+        return True
 
     def _add_keyframe(self, stamp_ns, ids, xn, T_cw, p_dynamic, triangulate=True) -> None:
         o = np.argsort(ids)
