@@ -241,3 +241,30 @@ def test_without_the_field_the_cloud_is_the_sparse_landmarks():
     # ... and they project onto their keypoints (full-resolution pixels).
     uv = z[:, :2] / z[:, 2:] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
     assert np.median(np.linalg.norm(uv - r.keypoints[ok], axis=1)) < 1.0
+
+
+def test_keyframe_work_waits_until_after_the_pose():
+    """track() decides a keyframe but leaves triangulation + BA to densify(), so the pose can be
+    published first; the next frame sees the new keyframe either way."""
+    import numpy as np
+    from sirenpose_ros.core.camera import CameraModel
+    from sirenpose_ros.core.config import make_config
+    from sirenpose_ros.core.pipeline import Pipeline
+    from sirenpose_ros.core.types import Frame
+    from sirenpose_ros.synth.sequence import render_sequence
+    seq = render_sequence("easy", seed=0, n_frames=40, width=320, height=240)
+    K = seq.K
+    cam = CameraModel.pinhole(320, 240, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+    pipe = Pipeline(make_config({"field_enabled": False, "graph_scorer": "geometric"}))
+    deferred = 0
+    for i in range(40):
+        r = pipe.track(Frame(int(seq.stamps_ns[i]), seq.rgb[i].mean(axis=2).astype(np.uint8),
+                             seq.rgb[i], cam))
+        newest = lambda: pipe.window.keyframes[-1].stamp_ns if pipe.window.keyframes else None
+        if r.is_keyframe and newest() != r.stamp_ns:
+            deferred += 1
+            pipe.densify(r)
+            assert newest() == r.stamp_ns          # inserted by densify, after the pose
+        else:
+            pipe.densify(r)
+    assert deferred >= 1, "no keyframe was inserted after the pose"
