@@ -99,6 +99,7 @@ def test_trajectory_scores_are_zero_for_a_similar_copy_and_count_lost_frames():
     assert s["ate"] < 1e-9 and s["rpe_t"] < 1e-9 and s["rpe_r_deg"] < 1e-6
     assert s["sim3_scale"] == pytest.approx(1 / 0.37)
     assert s["rpe_pairs"] == 8
+    assert s["longest_lost_run"] == 3 and s["last_lost_frame"] == 2
 
 
 def test_rpe_never_spans_a_gap_but_ate_sees_the_jump():
@@ -189,7 +190,7 @@ def test_markdown_report_has_a_line_per_row_and_marks_unavailable_rows():
                            "abc1234", "2026-01-01", "test machine")
     assert "| full method | 0.0100 | 0.50 | 0.0010 | 0.050 | 100 % | 0 | 0.120 | 0.900 | 0.700 | 0.860 | 20.0 |" in md
     assert "not available yet: needs parameter(s) window_physics_enabled" in md
-    assert "`abc1234`" in md and "sirenpose_accuracy --out x" in md
+    assert "this run: `abc1234`" in md and "sirenpose_accuracy --out x" in md
     table_lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "fast" not in ln]
     assert all(ln.count("|") == 13 for ln in table_lines if ln.startswith("| full method"))
 
@@ -262,6 +263,7 @@ def test_cli_writes_results_and_report_and_reuses_them(short_sequence, tmp_path,
     stored = json.loads((out / "results" / "fast__no_field.json").read_text())
     assert stored["row"] == "no_field" and stored["key"]["overrides"]["field_enabled"] is False
     assert stored["ran"]["frontend"] == "KLTFrontend"              # --set reached the row
+    assert "GNN weights" in stored["code"]                        # which code produced it
     text = md.read_text()
     assert "### fast" in text and "no SIREN field" in text
     assert "not available yet: needs parameter(s) no_such_param_xyz" in text
