@@ -77,8 +77,10 @@ def test_ablation_rows_switch_off_what_they_name():
     assert cfg.loss_camera_motion_weight == 0 and cfg.loss_reprojection_weight > 0
     values, _ = A.row_config(A.ROWS["no_gnn"])
     assert make_config(values).graph_scorer == "geometric"
-    assert make_config(A.row_config(A.ROWS["classical_frontend"])[0]).pipeline_frontend == "klt"
-    assert make_config(A.row_config(A.ROWS["full"])[0]).pipeline_frontend == "xfeat"
+    assert make_config(A.row_config(A.ROWS["learned_frontend"])[0]).pipeline_frontend == "xfeat"
+    full = make_config(A.row_config(A.ROWS["full"])[0])
+    assert full.pipeline_frontend == "klt" and full.graph_scorer == "gnn" and full.joint_enabled
+    assert make_config(A.row_config(A.ROWS["no_joint"])[0]).joint_enabled is False
 
 
 def test_cpu_devices_sets_device_params_unless_given():
@@ -177,7 +179,7 @@ def test_check_targets_thresholds_and_the_static_world_comparison():
     assert t[("easy", "dynamic-keypointF1>=")] is None            # not scored
     assert t[("easy", "depthAbsRel")] is False                     # no depth fails the target
     assert ("easy", "ATE<=1/2") not in t                        # < 20 % moving pixels
-    assert A.check_targets(results, "classical_frontend") == []   # no such rows here
+    assert A.check_targets(results, "learned_frontend") == []     # no such rows here
 
 
 def test_markdown_report_has_a_line_per_row_and_marks_unavailable_rows():
@@ -188,11 +190,11 @@ def test_markdown_report_has_a_line_per_row_and_marks_unavailable_rows():
                 "status": "not available", "missing": ["window_physics_enabled"]}]
     md = A.markdown_report(results, ["full", "no_physics"], "sirenpose_accuracy --out x",
                            "abc1234", "2026-01-01", "test machine")
-    assert "| full method | 0.0100 | 0.50 | 0.0010 | 0.050 | 100 % | 0 | 0.120 | 0.900 | 0.700 | 0.860 | 20.0 |" in md
+    assert "| full method (defaults) | 0.0100 | 0.50 | 0.0010 | 0.050 | 100 % | 0 | 0.120 | 0.900 | 0.700 | 0.860 | 20.0 |" in md
     assert "not available yet: needs parameter(s) window_physics_enabled" in md
     assert "this run: `abc1234`" in md and "sirenpose_accuracy --out x" in md
     table_lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "fast" not in ln]
-    assert all(ln.count("|") == 13 for ln in table_lines if ln.startswith("| full method"))
+    assert all(ln.count("|") == 13 for ln in table_lines if ln.startswith("| full method (defaults)"))
 
 
 # --------------------------------------------------------------------------- real-data helpers

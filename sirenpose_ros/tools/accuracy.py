@@ -2,8 +2,7 @@
 structure-from-motion reference on the same frames, as one table.
 
     sirenpose_accuracy --out out/accuracy --frames 90 --size 320x240
-        [--rows full,static_world,no_gnn,no_physics,no_field,classical_frontend,
-                no_gnn_klt,no_physics_klt,static_world_klt,sfm,sfm_masked]
+        [--rows full,static_world,no_gnn,no_physics,no_joint,no_field,learned_frontend,sfm,sfm_masked]
         [--presets easy,fast,...] [--seed 0] [--cache-dir DIR] [--reuse]
         [--set NAME:=VALUE ...] [--markdown docs/accuracy.md]
 
@@ -52,9 +51,10 @@ STILL_EPS = 1e-9                    # relative spread below which estimated posi
 # Rows: name -> configuration
 # ---------------------------------------------------------------------------------------------
 
-# The learned frontend is the method's; the pipeline's default stays KLT (the CPU fallback), so
-# the method rows ask for it explicitly (only where the pipeline has the switch).
-LEARNED = {"pipeline_frontend": "xfeat"}
+# The product's defaults are the method: KLT frontend (the learned XFeat frontend is an option
+# that wants a GPU), motion GNN scorer, SIREN field, SirenPose joint refinement. Each ablation
+# row changes one thing.
+XFEAT = {"pipeline_frontend": "xfeat", "graph_scorer": "geometric"}
 # The SirenPose physics-inspired terms: velocity and acceleration consistency of dynamic
 # keypoints, and of the camera.
 PHYSICS_OFF = {"loss_velocity_weight": 0.0, "loss_acceleration_weight": 0.0,
@@ -75,28 +75,23 @@ class Row:
 
 
 ROWS: dict[str, Row] = {
-    "full": Row("full method", optional=LEARNED,
-                note="defaults (motion GNN scorer, SIREN field, SirenPose terms) + learned frontend"),
+    "full": Row("full method (defaults)",
+                note="KLT frontend, motion GNN scorer, SIREN field, SirenPose joint refinement"),
     "static_world": Row("static world (no dynamic handling)", {"window_static_world": True},
-                        optional=LEARNED, dynamic_output=False,
+                        dynamic_output=False,
                         note="estimator ignores p_dynamic everywhere (no weighting, no "
                              "exclusion, no culling); dynamic labels not scored"),
     "no_gnn": Row("no motion GNN (geometric scorer)", {"graph_scorer": "geometric"},
-                  optional=LEARNED, note="dynamic probability from static-model residuals only"),
-    "no_physics": Row("no physics terms", PHYSICS_OFF, optional=LEARNED,
+                  note="dynamic probability from static-model residuals only"),
+    "no_physics": Row("no physics terms", PHYSICS_OFF,
                       note="velocity / acceleration consistency (keypoints and camera) off"),
-    "no_field": Row("no SIREN field (sparse only)", {"field_enabled": False}, optional=LEARNED,
+    "no_joint": Row("no joint refinement", {"joint_enabled": False},
+                    note="SirenPose joint window refinement off (BA only)"),
+    "no_field": Row("no SIREN field (sparse only)", {"field_enabled": False},
                     note="no dense depth: depth columns and mask IoU empty"),
-    "classical_frontend": Row("classical frontend (GFTT+KLT)", {"pipeline_frontend": "klt"},
-                              note="the method with the CPU fallback frontend"),
-    "no_gnn_klt": Row("no motion GNN, classical frontend",
-                      {"graph_scorer": "geometric", "pipeline_frontend": "klt"}),
-    "no_physics_klt": Row("no physics terms, classical frontend",
-                          {**PHYSICS_OFF, "pipeline_frontend": "klt"}),
-    "static_world_klt": Row("static world, classical frontend",
-                            {"window_static_world": True, "pipeline_frontend": "klt"},
-                            dynamic_output=False,
-                            note="the static-world baseline of the classical-frontend row"),
+    "learned_frontend": Row("learned frontend (XFeat + LighterGlue)", XFEAT,
+                            note="XFeat + LighterGlue on the CPU; geometric scorer (the motion "
+                                 "GNN was trained on KLT tracks)"),
     "sfm": Row("offline SfM reference (COLMAP)", kind="sfm", dynamic_output=False,
                note="pycolmap SIFT, sequential matching, incremental mapping, fixed K"),
     "sfm_masked": Row("offline SfM, moving objects masked (oracle)", kind="sfm",
@@ -105,9 +100,8 @@ ROWS: dict[str, Row] = {
                            "how much of the SfM error the moving objects cause"),
 }
 DEFAULT_ROWS = tuple(ROWS)
-# Rows the product targets are checked on (the method, and the method with the CPU frontend),
-# each with the static-world row it must halve the ATE of.
-TARGET_ROWS = {"full": "static_world", "classical_frontend": "static_world_klt"}
+# Rows the product targets are checked on, each with the static-world row it must halve the ATE of.
+TARGET_ROWS = {"full": "static_world"}
 
 
 def row_config(row: Row, extra: dict | None = None) -> tuple[dict | None, list[str]]:
