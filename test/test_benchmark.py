@@ -95,18 +95,18 @@ def test_params_are_typed_and_checked():
         B.parse_size("640by480")
 
 
-def test_cloud_packing_matches_the_node():
+def test_cloud_packing_is_the_nodes_and_needs_no_ros():
+    """The pipeline mode runs where there is no ROS (the GPU machine): the benchmark packs clouds
+    with the node's own function, whose module imports no rclpy."""
+    import subprocess
+    import sys
     messages = pytest.importorskip("sirenpose_ros.ros.messages")   # needs rclpy
-    rng = np.random.default_rng(0)
-    n = 50
-    cloud = Cloud(rng.normal(size=(n, 3)).astype(np.float32),
-                  rng.integers(0, 2**24, n).astype(np.uint32),
-                  rng.random(n).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32))
-    T = np.eye(4)
-    T[:3, :3] = 2.0 * np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])
-    T[:3, 3] = [1, 2, 3]
-    assert B.CLOUD_DTYPE == messages.CLOUD_DTYPE
-    assert B.pack_cloud(cloud, T).tobytes() == messages.cloud_to_array(cloud, T).tobytes()
+    assert B.cloud_to_array is messages.cloud_to_array
+    code = ("import sys, sirenpose_ros.tools.benchmark, sirenpose_ros.io.pointcloud; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'sensor_msgs')]; "
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
 
 
 def test_compare_poses_detects_disagreement():

@@ -258,11 +258,12 @@ def test_dense_ground_truth_lookup(tmp_path):
     assert [gt.index(s) for s in (100, 210, 295, 250, 1000, 0)] == [0, 2, 1, None, None, None]
 
 
-def _result(stamp, depth=None, keypoints=None, prob=None):
+def _result(stamp, depth=None, keypoints=None, prob=None, dynamic_map=None):
     from sirenpose_ros.core.types import FrameResult, TrackingState
     kp = np.zeros((0, 2)) if keypoints is None else keypoints
     return FrameResult(stamp, TrackingState.TRACKING, T_world_cam=np.eye(4), keypoints=kp,
-                       dynamic_prob=np.zeros(len(kp)) if prob is None else prob, depth=depth)
+                       dynamic_prob=np.zeros(len(kp)) if prob is None else prob, depth=depth,
+                       dynamic_map=dynamic_map)
 
 
 def test_dense_scores_against_known_answers(tmp_path):
@@ -283,11 +284,13 @@ def test_dense_scores_against_known_answers(tmp_path):
     u, v = np.meshgrid(np.arange(0, Wf, 2.0), np.arange(0, Hf, 2.0))
     kp = np.stack([u.ravel(), v.ravel()], 1)
     truth = (kp[:, 0] < Wf // 2 - 0.5).astype(float)
-    scores.add(_result(10, pred, kp, truth))
+    left = np.zeros((h, w))
+    left[:, : w // 2] = 1.0                                   # the pipeline's dense dynamic map
+    scores.add(_result(10, pred, kp, truth, left))
     # Frame 20: the probabilities flipped, depth off by a factor 2 on the left half.
     pred2 = resize_nearest(depth[1], h, w).copy()
     pred2[:, : w // 2] *= 2.0
-    scores.add(_result(20, pred2, kp, 1.0 - truth))
+    scores.add(_result(20, pred2, kp, 1.0 - truth, 1.0 - left))
     scores.add(_result(30, pred2))                            # no GT at this stamp
     s = scores.summary()
     assert s["depth_frames"] == 2 and s["frames_without_gt_depth"] == 1
@@ -295,8 +298,7 @@ def test_dense_scores_against_known_answers(tmp_path):
     assert s["depth_abs_rel"] == pytest.approx((0.0 + m2["abs_rel"]) / 2, abs=1e-6)
     assert s["depth_delta1"] == pytest.approx((1.0 + m2["delta1"]) / 2)
     assert s["depth_coverage"] == pytest.approx((1 - 1 / (h * w) + 1.0) / 2)
-    # Mask IoU: ~1 for the correct frame, 0 for the flipped one (a 2-pixel keypoint spacing
-    # is finer than the 4-pixel grid, so the densified boundary falls in the right place).
+    # Mask IoU of the pipeline's dense dynamic map: 1 for the correct frame, 0 for the flipped one.
     assert s["dyn_mask_frames"] == 2
     assert s["dyn_mask_iou"] == pytest.approx(0.5, abs=0.02)
     assert s["dyn_mask_iou_pooled"] == pytest.approx(1 / 3, abs=0.02)   # (n + 0) / (n + 2n)

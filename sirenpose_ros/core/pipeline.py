@@ -372,6 +372,7 @@ class Pipeline:
         dense_kp = cloud_mod.densify_keypoint_values(np.stack([u, v], axis=1), values, h, w, radius)
         dyn = np.where(np.isfinite(dense_kp[..., 0]), dense_kp[..., 0], cfg.graph_prior).astype(np.float32)
         velocity = np.nan_to_num(dense_kp[..., 1:]).astype(np.float32)
+        result.dynamic_map = dyn
         cloud = cloud_mod.backproject(dense_depth, K_small, wres.T_world_cam, rgb_small, dyn, velocity,
                                       max_depth=cfg.cloud_max_depth)
         result.cloud = cloud

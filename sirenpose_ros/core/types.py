@@ -65,6 +65,8 @@ class FrameResult:
                                                 # camera (estimate units), NaN where none
     depth: np.ndarray | None = None             # h x w depth (reduced resolution), NaN = unknown
     depth_scale: float = 1.0                    # depth pixel -> full-res pixel scale factor
+    dynamic_map: np.ndarray | None = None       # dynamic probability on the depth grid (the
+                                                # values the cloud's points carry)
     cloud: Cloud | None = None                  # current dense cloud (static + dynamic), world
     map_cloud: Cloud | None = None              # fused static map (only on keyframes)
     reset: bool = False                         # the pipeline re-initialised at this frame

@@ -10,14 +10,9 @@ from std_msgs.msg import Header
 
 from sirenpose_ros.core.camera import CameraModel
 from sirenpose_ros.core.image import decode_compressed, decode_image
-from sirenpose_ros.core.types import Cloud
+from sirenpose_ros.io.pointcloud import CLOUD_DTYPE, cloud_to_array, transform_cloud  # noqa: F401
 from sirenpose_ros.io.tum import matrix_to_quat, quat_to_matrix
 
-# PointCloud2 layout: RViz colours a UINT32 field named "rgb" as 0x00RRGGBB.
-CLOUD_DTYPE = np.dtype([
-    ("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4"), ("dynamic", "<f4"),
-    ("vx", "<f4"), ("vy", "<f4"), ("vz", "<f4"),
-])
 _POINTFIELD_TYPE = {"<f4": PointField.FLOAT32, "<u4": PointField.UINT32}
 CLOUD_FIELDS = [
     PointField(name=name, offset=CLOUD_DTYPE.fields[name][1],
@@ -76,12 +71,6 @@ def transform_to_matrix(tf) -> np.ndarray:
     return matrix_from(tf.translation, tf.rotation)
 
 
-def transform_cloud(cloud: Cloud, T: np.ndarray) -> Cloud:
-    """The same points in another frame (4x4 ``T``; its 3x3 part may carry a scale)."""
-    R, t = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
-    return Cloud(cloud.xyz @ R.T + t, cloud.rgb, cloud.dynamic, cloud.velocity @ R.T)
-
-
 def camera_model_from_info(msg: CameraInfo) -> CameraModel:
     """Raises CameraModelError (a ValueError) for zero/NaN intrinsics or unknown models."""
     return CameraModel.from_camera_info(int(msg.width), int(msg.height), list(msg.k),
@@ -131,18 +120,6 @@ def odometry_msg(T_odom_base: np.ndarray, stamp: Time, odom_frame: str, base_fra
     if twist_cov is not None:
         msg.twist.covariance = np.asarray(twist_cov, dtype=np.float64).reshape(36).tolist()
     return msg
-
-
-def cloud_to_array(cloud: Cloud, T: np.ndarray | None = None) -> np.ndarray:
-    """Cloud -> structured array in CLOUD_DTYPE, optionally transformed by 4x4 ``T``."""
-    if T is not None:
-        cloud = transform_cloud(cloud, T)
-    arr = np.empty(len(cloud), CLOUD_DTYPE)
-    arr["x"], arr["y"], arr["z"] = cloud.xyz[:, 0], cloud.xyz[:, 1], cloud.xyz[:, 2]
-    arr["rgb"] = cloud.rgb
-    arr["dynamic"] = cloud.dynamic
-    arr["vx"], arr["vy"], arr["vz"] = cloud.velocity[:, 0], cloud.velocity[:, 1], cloud.velocity[:, 2]
-    return arr
 
 
 def cloud2_msg(arr: np.ndarray, stamp: Time, frame: str) -> PointCloud2:

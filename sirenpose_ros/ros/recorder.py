@@ -85,14 +85,18 @@ class OutputRecorder(Node):
         T = np.array([pose_to_matrix(m.pose.pose) for m in msgs]).reshape(-1, 4, 4)
         return stamps, T
 
-    def camera_trajectory(self, base_frame: str = "base_link") -> tuple[np.ndarray, np.ndarray]:
-        """(stamps_ns, T_world_cam) in the pipeline's world (the first camera optical frame),
-        using the base -> camera transform the node latched on /tf_static."""
+    def camera_extrinsic(self, base_frame: str = "base_link") -> np.ndarray:
+        """T_base_cam as the node latched it on /tf_static."""
         with self.lock:
             static = [T for (parent, _), T in self.tf_static.items() if parent == base_frame]
         if not static:
             raise RuntimeError(f"no {base_frame} -> camera transform received on /tf_static")
-        T_base_cam = static[0]
+        return static[0]
+
+    def camera_trajectory(self, base_frame: str = "base_link") -> tuple[np.ndarray, np.ndarray]:
+        """(stamps_ns, T_world_cam) in the pipeline's world (the first camera optical frame),
+        using the base -> camera transform the node latched on /tf_static."""
+        T_base_cam = self.camera_extrinsic(base_frame)
         T_cam_base = np.linalg.inv(T_base_cam)
         stamps, T_odom_base = self.base_trajectory()
         return stamps, T_cam_base @ T_odom_base @ T_base_cam

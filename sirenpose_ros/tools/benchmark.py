@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sirenpose_ros.io.pointcloud import cloud_to_array
 from sirenpose_ros.io.tum import matrix_to_quat
 
 # Display order and names of the stages; stages the pipeline reports under other names are
@@ -69,15 +70,6 @@ PUBLISHED_REFERENCE = (
     "Published speeds of research systems with dense output, **as published by their authors on "
     "their own hardware (not measured here, not comparable one to one)**: MASt3R-SLAM 15 FPS "
     "(Murai et al., CVPR 2025, single desktop GPU), CUT3R ~17 FPS (Wang et al., CVPR 2025).")
-
-# PointCloud2 point layout of the node (sirenpose_ros.ros.messages.CLOUD_DTYPE), replicated
-# here because messages.py imports rclpy message types at module level and the pipeline mode
-# must run where there is no ROS (the GPU machine). test_benchmark.py checks both agree.
-CLOUD_DTYPE = np.dtype([
-    ("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4"), ("dynamic", "<f4"),
-    ("vx", "<f4"), ("vy", "<f4"), ("vz", "<f4"),
-])
-
 
 # ============================================================================ input frames
 
@@ -286,21 +278,6 @@ def percentiles(values) -> dict:
 
 # ============================================================================ publish payloads
 
-def pack_cloud(cloud, T: np.ndarray | None = None) -> np.ndarray:
-    """Cloud -> structured array in CLOUD_DTYPE (optionally transformed by 4x4 ``T``): the same
-    packing as ``messages.cloud_to_array``, without rclpy."""
-    xyz, vel = cloud.xyz, cloud.velocity
-    if T is not None:
-        R, t = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
-        xyz, vel = xyz @ R.T + t, vel @ R.T
-    arr = np.empty(len(cloud), CLOUD_DTYPE)
-    arr["x"], arr["y"], arr["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    arr["rgb"] = cloud.rgb
-    arr["dynamic"] = cloud.dynamic
-    arr["vx"], arr["vy"], arr["vz"] = vel[:, 0], vel[:, 1], vel[:, 2]
-    return arr
-
-
 def tf_payload(T_world_cam: np.ndarray, T_base_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What the node computes for the odom -> base TF/odometry of a pose: translation, quaternion."""
     T_odom_base = T_base_cam @ T_world_cam @ np.linalg.inv(T_base_cam)
@@ -411,9 +388,9 @@ def run_pipeline(seq: BenchSequence, params: dict, n_frames: int, warmup: int,
         t4 = now_s()
         cloud_bytes = 0
         if result.cloud is not None and len(result.cloud):
-            cloud_bytes = len(pack_cloud(result.cloud, T_odom_world).tobytes())
+            cloud_bytes = len(cloud_to_array(result.cloud, T_odom_world).tobytes())
             if result.map_cloud is not None and len(result.map_cloud):
-                pack_cloud(result.map_cloud, T_odom_world).tobytes()
+                cloud_to_array(result.map_cloud, T_odom_world).tobytes()
         t5 = now_s()
         if gpu and _cuda_in_use():
             free, total = torch.cuda.mem_get_info()

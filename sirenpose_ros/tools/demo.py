@@ -103,6 +103,7 @@ def run_demo(args) -> dict:
         diag = rec.latest_diagnostics()
         rc = spawn.stop(node_proc)
         stamps, T_est = rec.camera_trajectory()
+        T_base_cam = rec.camera_extrinsic()
         cloud = rec.map_cloud[2] if rec.map_cloud is not None else None
         last_cloud = rec.clouds[-1][2] if rec.clouds else None
         n_clouds = rec.n_clouds
@@ -114,11 +115,11 @@ def run_demo(args) -> dict:
             spawn.stop(node_proc)
 
     return _write_outputs(out, args, stamps, T_est, cloud, last_cloud, gt, gt_path, diag, rc,
-                          wall, n_clouds)
+                          wall, n_clouds, T_base_cam)
 
 
 def _write_outputs(out, args, stamps, T_est, map_arr, cloud_arr, gt, gt_path, diag, rc, wall,
-                   n_clouds) -> dict:
+                   n_clouds, T_base_cam) -> dict:
     from sirenpose_ros.core.types import Cloud
     from sirenpose_ros.eval import metrics as E
     from sirenpose_ros.eval.plot import plot_summary
@@ -152,7 +153,7 @@ def _write_outputs(out, args, stamps, T_est, map_arr, cloud_arr, gt, gt_path, di
             "tracked_share": E.tracked_share(len(ia), n_frames), "frames_in_sequence": n_frames})
         s, R, t = E.fit_alignment(T_est[ia], gt_T[ib], "sim3")
         plot_summary(out / "summary.png", E.apply_alignment(T_est[ia], s, R, t), gt_T[ib],
-                     cloud=_aligned_cloud(cloud, s, R, t) if cloud is not None else None,
+                     cloud=_aligned_cloud(cloud, T_base_cam, s, R, t) if cloud is not None else None,
                      title=f"sirenpose demo: {args.preset}", up="+z" if gt is not None else "-y",
                      metrics={
                          k: result[k] for k in ("ate_rmse", "ate_percent_of_length",
@@ -161,16 +162,15 @@ def _write_outputs(out, args, stamps, T_est, map_arr, cloud_arr, gt, gt_path, di
     return result
 
 
-def _aligned_cloud(cloud, s, R, t):
-    """Bring a cloud published in odom into the ground truth's frame, for the picture only.
-
-    The recorder's trajectory is in the first camera's optical frame; odom differs from it by the
-    base<-camera rotation, which the demo's default extrinsics make the standard optical one.
-    """
+def _aligned_cloud(cloud, T_base_cam, s, R, t):
+    """Bring a cloud published in odom into the ground truth's frame, for the picture only:
+    odom -> the first camera's optical frame (the inverse of the latched extrinsic), then the
+    trajectory's Sim(3) alignment."""
     from sirenpose_ros.core.types import Cloud
-    from sirenpose_ros.ros.node import R_BODY_OPTICAL
-    xyz = cloud.xyz.astype(np.float64) @ R_BODY_OPTICAL  # odom -> first optical frame
-    return Cloud((s * xyz @ R.T + t).astype(np.float32), cloud.rgb, cloud.dynamic, cloud.velocity)
+    from sirenpose_ros.io.pointcloud import transform_cloud
+    cam = transform_cloud(cloud, np.linalg.inv(T_base_cam))
+    xyz = s * cam.xyz.astype(np.float64) @ R.T + t
+    return Cloud(xyz.astype(np.float32), cloud.rgb, cloud.dynamic, cloud.velocity)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,21 +155,6 @@ def resize_nearest(img: np.ndarray, h: int, w: int,
     return img[np.ix_(grid_indices(H, h, wh), grid_indices(W, w, ww))]
 
 
-def densify_dynamic(keypoints: np.ndarray, prob: np.ndarray, full_hw: tuple[int, int],
-                    work_hw: tuple[int, int], small_hw: tuple[int, int], cfg) -> np.ndarray:
-    """Per-keypoint dynamic probability spread over the (h, w) grid as ``Pipeline`` does for
-    its clouds: nearest keypoint within ``pipeline_dynamic_radius_px`` (working pixels),
-    ``graph_prior`` elsewhere. ``keypoints`` are input-image pixels (FrameResult.keypoints)."""
-    from sirenpose_ros.core.cloud import densify_keypoint_values
-    (H, W), (Hw, Ww), (h, w) = full_hw, work_hw, small_hw
-    px_work = (np.asarray(keypoints, np.float64) + 0.5) * [Ww / W, Hw / H] - 0.5
-    px_small = px_work * [(w - 1) / max(Ww - 1, 1), (h - 1) / max(Hw - 1, 1)]
-    radius = cfg.pipeline_dynamic_radius_px * (w - 1) / max(Ww - 1, 1)
-    dense = densify_keypoint_values(px_small.astype(np.float32),
-                                    np.asarray(prob, np.float32).reshape(-1, 1), h, w, radius)
-    return np.where(np.isfinite(dense[..., 0]), dense[..., 0], cfg.graph_prior)
-
-
 class DenseGroundTruth:
     """Per-frame GT depth and motion mask (a sequence's gt.npz), looked up by image stamp."""
 
@@ -235,9 +220,9 @@ class DenseScores:
             row = np.clip(np.rint(kp[:, 1]), 0, H - 1).astype(np.int64)
             self.kp_true.append(gt_mask[row, col] > 0)
             self.kp_pred.append(prob > DYNAMIC_THRESHOLD)
-            if result.depth is not None:
-                h, w = result.depth.shape
-                pred = densify_dynamic(kp, prob, (H, W), work, (h, w), self.cfg) > DYNAMIC_THRESHOLD
+            if result.dynamic_map is not None:       # the dense grid the cloud was built on
+                h, w = result.dynamic_map.shape
+                pred = result.dynamic_map > DYNAMIC_THRESHOLD
                 true = resize_nearest(gt_mask, h, w, work) > 0
                 self.mask_iou.append(mask_iou(pred, true))
                 self.mask_inter += int(np.count_nonzero(pred & true))
