@@ -12,7 +12,16 @@ Stages (each timed into ``FrameResult.timings_ms``):
 Two calls split one frame so that a node can publish the pose before the slow dense stages:
 ``track(frame)`` runs stages 1-3 (pose, keypoints, dynamic probability, keypoint depth) and
 ``densify(result)`` runs stages 4-5 on that frame (every ``pipeline_dense_every`` tracked frames,
-keyframes always); ``process(frame) == densify(track(frame))``.
+keyframes always); ``process(frame) == densify(track(frame))``. ``densify`` also runs the map work
+the pose does not wait for: keyframe triangulation + bundle adjustment and the joint refinement,
+on a copy of the window's map (``window.MapJob``) that is committed afterwards.
+
+For overlapped stages on threads (``core/staged.py``) the calls split further:
+``observe(frame)`` (image resize + frontend; its own state only) -> ``estimate(observation)``
+(graph + window pose; the window under ``self.lock``) -> ``take_dense_job(result)`` ->
+``densify_job(job)`` (map work and dense stages; takes ``self.lock`` only to copy and commit the
+map). Each call runs on one thread at a time, in frame order per call; different calls may run
+concurrently on different frames.
 
 Images wider than ``pipeline_max_image_width`` are downscaled once (INTER_AREA) for all stages;
 keypoints are reported in input-image pixels. A change of camera geometry (intrinsics,
@@ -22,7 +31,9 @@ so in ``FrameResult.message``.
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
+from dataclasses import dataclass, field as dc_field
 
 import cv2
 import numpy as np
@@ -35,6 +46,7 @@ from sirenpose_ros.core.graph import KeypointGraph
 from sirenpose_ros.core.joint import JointWindowRefiner, apply_to_window, snapshot_from_window, warm_start
 from sirenpose_ros.core.params import ParamSpec
 from sirenpose_ros.core.types import Cloud, Frame, FrameResult, TrackingState
+from sirenpose_ros.core.camera import CameraModel
 from sirenpose_ros.core.window import SlidingWindowEstimator
 
 PARAMS = [
@@ -43,6 +55,7 @@ PARAMS = [
     ParamSpec("pipeline_frontend", "klt", "Keypoint frontend: 'klt' (corners + pyramidal KLT: fast on CPUs, most precise positions) or 'xfeat' (learned XFeat keypoints associated with LighterGlue or mutual nearest neighbours: robust to fast motion and blur, wants a GPU; see xfeat_* parameters).", choices=("klt", "xfeat")),
     ParamSpec("pipeline_torch_threads", 1, "Torch CPU threads (field fit, learned networks on the CPU); 1 avoids OpenMP contention with the estimator on small CPUs; 0 leaves torch's default.", 0, 256),
     ParamSpec("pipeline_dense_every", 1, "Run the dense stages (field fit, cloud) on every N-th tracked frame, and on every keyframe, so that a slow CPU keeps up with the pose stream; 1 = every frame.", 1, 1000),
+    ParamSpec("pipeline_map_wait_s", 1.0, "Staged mode: when a frame needs a keyframe while the map stage is still inserting the previous one, the next pose waits for it at most this long (seconds).", 0.0, 60.0),
     ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
 ]
 
@@ -83,8 +96,19 @@ def make_frontend(cfg: Config):
     return KLTFrontend(cfg)
 
 
+@dataclass
+class Observation:
+    """Output of the frontend stage for one frame (:meth:`Pipeline.observe`)."""
+    frame: Frame
+    cam: CameraModel                 # camera at the processing resolution
+    tracks: object                   # frontend Tracks (ids, px at the processing resolution, age)
+    messages: list = dc_field(default_factory=list)
+    reset: bool = False              # camera changed or time went back: estimation restarts
+    frontend_ms: float = 0.0
+
+
 class Pipeline:
-    def __init__(self, cfg: Config | None = None):
+    def __init__(self, cfg: Config | None = None, async_mapping: bool = False):
         self.cfg = cfg if cfg is not None else make_config()
         if self.cfg.pipeline_blas_threads > 0:
             limit_blas_threads(self.cfg.pipeline_blas_threads)
@@ -93,7 +117,11 @@ class Pipeline:
             torch.set_num_threads(self.cfg.pipeline_torch_threads)
         self.frontend = make_frontend(self.cfg)
         self.graph = KeypointGraph(self.cfg)
-        self.window = SlidingWindowEstimator(self.cfg)
+        # async_mapping: the window never inserts keyframes inline; densify_job() does (on the
+        # dense thread of core/staged.py).
+        self.window = SlidingWindowEstimator(self.cfg, async_mapping=async_mapping)
+        self.lock = threading.Lock()   # the window, between the pose and the map stages
+        self._map_committed = threading.Condition(self.lock)
         self.field = field_mod.DepthFieldEstimator(self.cfg) if self.cfg.field_enabled else None
         self.voxels = cloud_mod.VoxelMap(self.cfg)
         self.joint = JointWindowRefiner(self.cfg) if self.cfg.joint_enabled else None
@@ -106,6 +134,12 @@ class Pipeline:
         self._last_stamp = None
         self._dense_ctx = None       # what densify() needs from the latest track()
         self._tracked_count = 0      # tracked frames since the dense state was reset
+        # The pose stage starts a new dense world (field, voxel map, joint warm start) by bumping
+        # _world; the dense stage resets its state when a job of a newer world arrives, so
+        # the pose stage never touches dense state another thread may be using.
+        self._world = 0
+        self._dense_world = 0
+        self._map_world = 0
 
     @property
     def runtime(self) -> str:
@@ -144,19 +178,24 @@ class Pipeline:
         self._last_stamp = None
 
     def _reset_estimation(self) -> None:
-        self._joint_prev = None
-        self._vel_ids = np.zeros(0, np.int64)
-        self._vel = np.zeros((0, 3), np.float32)
         self.frontend.reset()
-        self.graph.reset()
-        self.window.reset()
+        self._reset_pose_state()
         self._reset_dense()
 
-    def _reset_dense(self) -> None:
+    def _reset_pose_state(self) -> None:
+        self.graph.reset()
+        self.window.reset()
+        self._new_dense_world()
+
+    def _new_dense_world(self) -> None:
         self._tracked_count = 0
+        self._world += 1
+
+    def _reset_dense(self) -> None:
         if self.field is not None:
             self.field.reset()
         self.voxels.clear()
+        self._dense_world = self._world
 
     def _set_camera(self, camera) -> None:
         self._camera = camera
@@ -173,18 +212,21 @@ class Pipeline:
 
         Depth, cloud and map are left empty; pass the result to :meth:`densify` to fill them.
         """
-        t_start = time.perf_counter()
-        cfg = self.cfg
-        messages, reset, new_world = [], False, False
+        return self.estimate(self.observe(frame))
+
+    def observe(self, frame: Frame) -> Observation:
+        """Stage 1 (frontend stage): stream checks, resize to the processing size, keypoint
+        tracks. Touches only the frontend and the stream's camera/stamp."""
+        messages, reset = [], False
         if self._camera is not None and not frame.camera.same_geometry(self._camera):
-            self._reset_estimation()
             messages.append(f"camera changed ({self._camera!r} -> {frame.camera!r}): pipeline reset")
-            reset = new_world = True
+            reset = True
             self._camera = None
         if self._last_stamp is not None and frame.stamp_ns < self._last_stamp:
-            self._reset_estimation()
             messages.append("time jumped backwards: pipeline reset")
-            reset = new_world = True
+            reset = True
+        if reset:
+            self.frontend.reset()
         self._last_stamp = frame.stamp_ns
         if self._camera is None:
             self._set_camera(frame.camera)
@@ -192,14 +234,39 @@ class Pipeline:
         gray = frame.gray
         if gray.shape[1] != cam.width or gray.shape[0] != cam.height:
             gray = cv2.resize(gray, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
-        sx = frame.camera.width / cam.width
-        sy = frame.camera.height / cam.height
-        timings = {}
-
-        # 1. frontend
         t0 = time.perf_counter()
         tracks = self.frontend.track(gray)
-        timings["frontend"] = (time.perf_counter() - t0) * 1e3
+        t1 = time.perf_counter()
+        return Observation(frame, cam, tracks, messages, reset, (t1 - t0) * 1e3)
+
+    def estimate(self, obs: Observation) -> FrameResult:
+        """Stages 2-3 (pose stage) for an :meth:`observe` output: graph, window pose, keyframe
+        decision. The window is held under ``self.lock``.
+
+        When the previous frame needed a keyframe while the map stage was still inserting the
+        last one, this waits for that commit first (up to ``pipeline_map_wait_s``): tracking
+        on a map that lags further and further behind a moving camera loses its landmarks."""
+        with self.lock:
+            waited = 0.0
+            if self.window.keyframe_blocked and self.window.map_busy:
+                t0 = time.perf_counter()
+                self._map_committed.wait_for(lambda: not self.window.map_busy,
+                                             float(self.cfg.pipeline_map_wait_s))
+                waited = (time.perf_counter() - t0) * 1e3
+            result = self._estimate(obs)
+            if waited:
+                result.timings_ms["map_wait"] = waited
+            return result
+
+    def _estimate(self, obs: Observation) -> FrameResult:
+        t_start = time.perf_counter()
+        frame, cam, tracks = obs.frame, obs.cam, obs.tracks
+        messages, reset, new_world = list(obs.messages), obs.reset, obs.reset
+        if obs.reset:
+            self._reset_pose_state()
+        sx = frame.camera.width / cam.width
+        sy = frame.camera.height / cam.height
+        timings = {"frontend": obs.frontend_ms}
 
         # 2a. graph prior, 3a. pose
         t0 = time.perf_counter()
@@ -224,7 +291,7 @@ class Pipeline:
             messages.append(est.message)
         if est.reset or wres.reset:
             # A new map (possibly at a new scale): dense state built on the old one is stale.
-            self._reset_dense()
+            self._new_dense_world()
             reset = True
 
         px_full = np.stack([(px[:, 0] + 0.5) * sx - 0.5, (px[:, 1] + 0.5) * sy - 0.5], axis=1)
@@ -234,24 +301,25 @@ class Pipeline:
             is_keyframe=wres.is_keyframe, keypoints=px_full, keypoint_ids=ids.copy(),
             dynamic_prob=g.p_dynamic.copy(), keypoint_depth=wres.landmark_depth.copy(),
             reset=reset, new_world=new_world, message="; ".join(messages), timings_ms=timings)
-        self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, ids=ids,
-                               wres=wres, graph=g)
         if wres.state == TrackingState.TRACKING:
             self._tracked_count += 1
+        due = wres.is_keyframe or (self._tracked_count - 1) % int(self.cfg.pipeline_dense_every) == 0
+        self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, ids=ids,
+                               wres=wres, graph=g, world=self._world, dense_due=due)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return result
 
-    def _refine_window(self, g, ids: np.ndarray, cam) -> None:
-        """SirenPose joint refinement of the window (keyframes only): poses, landmarks and the
-        dynamic keypoints' positions under the geometric loss, with the field; keeps the
-        dynamic tracks' velocities for the cloud."""
-        snap = snapshot_from_window(self.window, g, ids, cam, self.cfg)
+    def _refine_window(self, window, g, ids: np.ndarray, cam) -> None:
+        """SirenPose joint refinement of ``window`` (the map copy of a MapJob; keyframes only):
+        poses, landmarks and the dynamic keypoints' positions under the geometric loss, with the
+        field; keeps the dynamic tracks' velocities for the cloud."""
+        snap = snapshot_from_window(window, g, ids, cam, self.cfg)
         if snap is None:
             return
         if self._joint_prev is not None:
             warm_start(snap, *self._joint_prev)
         res = self.joint.refine(snap, self.field)
-        apply_to_window(self.window, snap, res)
+        apply_to_window(window, snap, res)
         self._joint_prev = (snap, res)
         if snap.dyn_ids is not None:
             ok = np.all(np.isfinite(res.velocity), axis=1)
@@ -267,30 +335,35 @@ class Pipeline:
         tracked frames between every ``pipeline_dense_every``-th one (keyframes always run), and
         while there is no landmark depth to fit (rotation-only tracking before initialisation).
         """
+        return self.densify_job(self.take_dense_job(result))
+
+    def take_dense_job(self, result: FrameResult) -> dict:
+        """What :meth:`densify_job` needs for ``result`` (the latest :meth:`track` /
+        :meth:`estimate` output, taken once)."""
         ctx = self._dense_ctx
         if ctx is None or ctx["result"] is not result:
             raise ValueError("densify() takes the FrameResult of the latest track() call, once")
         self._dense_ctx = None
+        return ctx
+
+    def densify_job(self, ctx: dict, map_work: bool = True) -> FrameResult:
+        """Map work (keyframe insertion, joint refinement; unless ``map_work`` is False because
+        :meth:`map_job` runs it elsewhere) and stages 4-5 for one job of
+        :meth:`take_dense_job`; returns its FrameResult, filled in place."""
+        result = ctx["result"]
         t_start = time.perf_counter()
         timings = result.timings_ms
         wres = ctx["wres"]
-        # Keyframe insertion (triangulation, bundle adjustment) and the joint refinement improve
-        # the window for the frames to come, not this frame's pose: they run here, after the
-        # caller published that pose, to keep them off the TF latency.
-        t0 = time.perf_counter()
-        if self.window.finish_keyframe():
-            timings["window"] = timings.get("window", 0.0) + (time.perf_counter() - t0) * 1e3
-        if self.joint is not None and wres.is_keyframe and wres.state == TrackingState.TRACKING:
-            t0 = time.perf_counter()
-            self._refine_window(ctx["graph"], ctx["ids"], ctx["cam"])
-            timings["joint"] = (time.perf_counter() - t0) * 1e3
+        if ctx["world"] != self._dense_world:
+            self._reset_dense()
+        if map_work:
+            self.map_job(ctx)
 
         # 4. field and 5. cloud (only with a pose)
         timings["field"] = 0.0
         timings["cloud"] = 0.0
-        due = wres.is_keyframe or (self._tracked_count - 1) % int(self.cfg.pipeline_dense_every) == 0
         has_depth = bool(np.any(np.isfinite(wres.landmark_depth)))
-        if (wres.state == TrackingState.TRACKING and self.field is not None and due
+        if (wres.state == TrackingState.TRACKING and self.field is not None and ctx["dense_due"]
                 and (has_depth or self.field.fitted)):
             self._dense(ctx["frame"], ctx["cam"], ctx["xn"], ctx["p_dyn"], ctx["ids"], wres, result,
                         timings)
@@ -302,6 +375,43 @@ class Pipeline:
             timings["cloud"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = timings.get("total", 0.0) + (time.perf_counter() - t_start) * 1e3
         return result
+
+    def map_job(self, ctx: dict) -> None:
+        """Keyframe insertion (triangulation, bundle adjustment) and the joint refinement improve
+        the window for the frames to come, not this frame's pose: they run after the caller
+        published that pose, on a copy of the map (a MapJob), and are committed under the lock,
+        so that the pose stage can keep tracking meanwhile."""
+        if ctx["world"] != self._map_world:
+            self._joint_prev = None
+            self._vel_ids = np.zeros(0, np.int64)
+            self._vel = np.zeros((0, 3), np.float32)
+            self._map_world = ctx["world"]
+        timings = ctx["result"].timings_ms
+        wres = ctx["wres"]
+        joint_due = (self.joint is not None and wres.is_keyframe
+                     and wres.state == TrackingState.TRACKING)
+        with self.lock:
+            job = self.window.begin_map_job(always=joint_due)
+        if job is None:
+            return
+        done = False
+        try:
+            t0 = time.perf_counter()
+            job.run()
+            if job.has_keyframe:
+                timings["window"] = timings.get("window", 0.0) + (time.perf_counter() - t0) * 1e3
+            if joint_due:
+                t0 = time.perf_counter()
+                self._refine_window(job.map, ctx["graph"], ctx["ids"], ctx["cam"])
+                timings["joint"] = (time.perf_counter() - t0) * 1e3
+            done = True
+        finally:
+            with self.lock:
+                if done:
+                    self.window.commit_map_job(job)
+                else:               # a failed job leaves the map as it was
+                    self.window.abandon_map_job(job)
+                self._map_committed.notify_all()
 
     def _keypoint_velocity(self, ids: np.ndarray) -> np.ndarray:
         """World velocity per keypoint: from the joint refinement for dynamic tracks, else 0."""

@@ -322,8 +322,11 @@ def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.nd
 
 
 class SlidingWindowEstimator:
-    def __init__(self, cfg):
+    def __init__(self, cfg, async_mapping: bool = False):
         self.cfg = cfg
+        # True: keyframes are inserted by MapJobs the caller runs (on another thread), never
+        # inline by estimate_pose().
+        self.async_mapping = async_mapping
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -335,6 +338,8 @@ class SlidingWindowEstimator:
         self._last_good = None         # dict(ids, xn, T_wc, median_depth, stamp) of last tracked frame
         self._pending = None           # data carried from estimate_pose to update_map
         self._deferred_kf = None       # keyframe decided by update_map, inserted by finish_keyframe
+        self._map_job_open = False     # a MapJob is running on a copy of the map (another thread)
+        self.keyframe_blocked = False  # the last frame wanted a keyframe while the map was busy
         self._info = np.eye(6)
         self._sigma2 = 1.0
         self._rng = np.random.default_rng(0)     # RANSAC sampling: reproducible runs
@@ -342,6 +347,8 @@ class SlidingWindowEstimator:
         self._recent = deque(maxlen=int(self.cfg.window_motion_span_frames))
 
     def _clear_map(self) -> None:
+        # A MapJob begun on the old map must not be committed into the new one.
+        self._map_generation = getattr(self, "_map_generation", 0) + 1
         self.keyframes: list[Keyframe] = []
         self.lm_ids = np.zeros(0, np.int64)     # sorted
         self.lm_X = np.zeros((0, 3))
@@ -364,7 +371,8 @@ class SlidingWindowEstimator:
 
         ``p_prior``: each track's dynamic probability from earlier frames (graph prior).
         """
-        self.finish_keyframe()        # normally done already, after the previous pose went out
+        if not self.async_mapping:
+            self.finish_keyframe()    # normally done already, after the previous pose went out
         ids = np.asarray(ids, np.int64)
         xn = np.asarray(xn, np.float64)
         p_prior = np.asarray(p_prior, np.float64)
@@ -417,11 +425,20 @@ class SlidingWindowEstimator:
         self.lm_p[k[hit]] = p_dynamic[hit]
         is_kf = pend["is_init"]
         T_cw = self.keyframes[-1].T_cw if is_kf else pend["T_cw"]
+        self.keyframe_blocked = False
         if not is_kf and self._need_keyframe(ids, xn, hit):
-            # Triangulation and bundle adjustment wait for finish_keyframe(), so that the caller
-            # can publish this frame's pose first; the next estimate_pose() sees their result.
-            self._deferred_kf = (pend["stamp"], ids, xn, pend["T_cw"], p_dynamic)
-            is_kf = True
+            if self.map_busy:
+                # The previous keyframe is not in the window yet: a new one now would be
+                # measured against the wrong keyframe. The caller should let the map catch up
+                # (Pipeline.estimate waits for it) instead of tracking on an ever older map.
+                self.keyframe_blocked = True
+            else:
+                # Triangulation and bundle adjustment wait for finish_keyframe() (or a MapJob on
+                # another thread), so that the caller can publish this frame's pose first;
+                # later frames see their result.
+                self._deferred_kf = (pend["stamp"], ids, xn, pend["T_cw"], p_dynamic)
+                self._frames_since_kf = 0
+                is_kf = True
         T_wc = geo.invert(T_cw)
         self._history.append((pend["stamp"], T_wc))
         # Landmark depth per track (the field stage consumes it).
@@ -883,16 +900,52 @@ class SlidingWindowEstimator:
     def finish_keyframe(self) -> bool:
         """Insert the keyframe the last update_map() decided on: triangulation, bundle adjustment,
         culling. Call before the next estimate_pose(); returns whether there was one."""
-        if self._deferred_kf is None:
+        job = self.begin_map_job()
+        if job is None:
             return False
+        job.run()
+        self.commit_map_job(job)
+        return True
+
+    @property
+    def map_busy(self) -> bool:
+        """A decided keyframe has not been committed to the map yet."""
+        return self._map_job_open or self._deferred_kf is not None
+
+    def begin_map_job(self, always: bool = False) -> "MapJob | None":
+        """Take the pending keyframe (if any) into a :class:`MapJob` working on a copy of the map,
+        so that triangulation and bundle adjustment can run on another thread while this
+        estimator keeps tracking on the current map. ``always``: also without a pending keyframe
+        (a copy for the joint refinement). None when there is nothing to do or no map."""
+        if self._deferred_kf is None and not (always and self.state == TrackingState.TRACKING
+                                              and self.keyframes):
+            return None
         args, self._deferred_kf = self._deferred_kf, None
-        self._add_keyframe(*args)
+        self._map_job_open = True
+        return MapJob(self, args)
+
+    def abandon_map_job(self, job: "MapJob") -> None:
+        """Forget a MapJob that failed: the map stays as it was before it began."""
+        self._map_job_open = False
+
+    def commit_map_job(self, job: "MapJob") -> bool:
+        """Install the map a :class:`MapJob` refined. Tracks' dynamic probabilities set by frames
+        processed meanwhile win over the job's copies. Returns False (and changes nothing) when
+        the map was cleared since the job began (tracking lost, re-initialisation, reset)."""
+        self._map_job_open = False
+        if job.generation != self._map_generation:
+            return False
+        m = job.map
+        k, hit = _lookup(self.lm_ids, m.lm_ids)
+        lm_p = m.lm_p.copy()
+        lm_p[hit] = self.lm_p[k[hit]]
+        self.keyframes, self.lm_ids, self.lm_X, self.lm_p = m.keyframes, m.lm_ids, m.lm_X, lm_p
+        self._kf_landmarks_seen = m._kf_landmarks_seen
         return True
 
     def _add_keyframe(self, stamp_ns, ids, xn, T_cw, p_dynamic, triangulate=True) -> None:
         o = np.argsort(ids)
         self.keyframes.append(Keyframe(stamp_ns, T_cw.copy(), ids[o], xn[o]))
-        self._frames_since_kf = 0
         if triangulate:
             self._triangulate_new(ids[o], xn[o], p_dynamic[o])
         self._bundle_adjust()
@@ -1110,3 +1163,30 @@ class SlidingWindowEstimator:
         v = (T1[:3, 3] - T0[:3, 3]) / dt
         w = geo.so3_log(T1[:3, :3] @ T0[:3, :3].T) / dt
         return np.concatenate([v, w])
+
+
+class MapJob:
+    """Keyframe insertion (triangulation, bundle adjustment, culling) on a private copy of a
+    window's map: ``run()`` needs no lock and may take tens of milliseconds while the window
+    keeps tracking on its current map; ``SlidingWindowEstimator.commit_map_job`` installs the
+    result. ``map`` is the copy, a ``SlidingWindowEstimator`` view that other window-level
+    refinements (the joint refinement) can also work on before the commit."""
+
+    def __init__(self, window: SlidingWindowEstimator, keyframe_args):
+        self.generation = window._map_generation
+        self.keyframe_args = keyframe_args
+        m = object.__new__(SlidingWindowEstimator)
+        m.__dict__.update(window.__dict__)
+        # Arrays the mapping functions write in place, and the keyframes they refine, are copied;
+        # everything else is read only.
+        m.keyframes = [Keyframe(kf.stamp_ns, kf.T_cw.copy(), kf.ids, kf.xn) for kf in window.keyframes]
+        m.lm_ids, m.lm_X, m.lm_p = window.lm_ids.copy(), window.lm_X.copy(), window.lm_p.copy()
+        self.map = m
+
+    @property
+    def has_keyframe(self) -> bool:
+        return self.keyframe_args is not None
+
+    def run(self) -> None:
+        if self.keyframe_args is not None:
+            self.map._add_keyframe(*self.keyframe_args)

@@ -1,9 +1,13 @@
 """The live ROS 2 node: camera in, TF / odometry / path / point clouds / diagnostics out.
 
 Threading: subscription callbacks only store the newest frame in a one-slot buffer (counting the
-frames they overwrite); a worker thread runs the pipeline and publishes. The executor thread
-therefore never waits behind inference, so /tf, /clock, services and parameter requests stay
-responsive. Every output carries the input image's stamp.
+frames they overwrite); a worker thread converts the image and runs the pipeline. The executor
+thread therefore never waits behind inference, so /tf, /clock, services and parameter requests
+stay responsive. With ``staged_pipeline`` (default) the worker is the frontend stage of
+``core.staged.StagedRunner``: the pose stage publishes TF / odometry from its own thread, the
+dense stage the clouds, and keyframe mapping runs on a fourth thread, so frame k+1's keypoints,
+frame k's pose and frame k-1's cloud are computed at the same time. Otherwise the worker runs the
+stages one after the other. Every output carries the input image's stamp.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from sirenpose_ros.core.config import make_config, pipeline_params
 from sirenpose_ros.core.params import ParamError, ParamSpec, validate
 from sirenpose_ros.core.pipeline import Pipeline
 from sirenpose_ros.core.scale import ScaleEstimator
+from sirenpose_ros.core.staged import StagedRunner
 from sirenpose_ros.core.types import Frame, FrameResult, TrackingState
 from sirenpose_ros.ros import messages as M
 from sirenpose_ros.ros.node_params import NODE_PARAMS
@@ -111,8 +116,15 @@ class SirenPoseNode(Node):
         super().__init__("sirenpose", **kwargs)
         self.p = self._declare(NODE_PARAMS)
         self.core_cfg = make_config(self._declare(pipeline_params()))
-        self.pipeline = Pipeline(self.core_cfg)
+        staged = bool(self.p["staged_pipeline"])
+        self.pipeline = Pipeline(self.core_cfg, async_mapping=staged)
         self.scale = ScaleEstimator(self.core_cfg)
+        # stamp_ns -> (received monotonic, decode ms, camera) of frames handed to the pose stage
+        self._frame_meta: dict[int, tuple[float, float]] = {}
+        self._runner = (StagedRunner(self.pipeline, self._on_pose_result, self._on_dense_result,
+                                     self._on_stage_error) if staged else None)
+        self._degrade_requested = False
+        self._reset_reason = "reset service called"
 
         self.counters = Counters()
         self._slot: Image | CompressedImage | None = None
@@ -291,7 +303,13 @@ class SirenPoseNode(Node):
                 self._slot = None
             if self._reset_requested:
                 self._reset_requested = False
-                self._reset("reset service called", keep_odom=True)
+                if self._degrade_requested:
+                    self._degrade_requested = False
+                    self._drain()
+                    how = self.pipeline.degrade() if hasattr(self.pipeline, "degrade") else "reset"
+                    self.get_logger().warning(f"GPU out of memory: {how}")
+                why, self._reset_reason = self._reset_reason, "reset service called"
+                self._reset(why, keep_odom=True)
             if msg is None:
                 continue
             try:
@@ -311,9 +329,34 @@ class SirenPoseNode(Node):
                 self.get_logger().error(f"pipeline error, resetting: {exc}\n{traceback.format_exc()}")
                 self._reset("pipeline error", keep_odom=True)
 
+    def _drain(self) -> None:
+        """Wait until the stage threads are idle (staged mode)."""
+        if self._runner is not None:
+            self._runner.drain(timeout=10.0)
+
+    def _on_stage_error(self, stage: str, exc: BaseException) -> None:
+        """A stage thread failed on a frame: count and log here; the worker resets (a stage
+        thread must not drain the stages it is part of)."""
+        if self._stop or not self.context.ok():
+            return
+        if type(exc).__name__ == "OutOfMemoryError":
+            self.counters.inc("gpu_out_of_memory")
+            self._degrade_requested = True
+            self._reset_reason = "GPU out of memory"
+        else:
+            self.counters.inc("pipeline_error")
+            self.get_logger().error(f"pipeline error in the {stage} stage, resetting: {exc}\n"
+                                    f"{''.join(traceback.format_exception(exc))}")
+            self._reset_reason = f"pipeline error ({stage} stage)"
+        with self._cond:
+            self._reset_requested = True
+            self._cond.notify()
+
     def _reset(self, why: str, keep_odom: bool) -> None:
         """Restart the pipeline. ``keep_odom``: odometry continues from the last pose (REP-105);
         otherwise (time went backwards: a bag loop) it starts again at the origin."""
+        self._drain()
+        self._frame_meta.clear()      # frames that failed before their pose
         self._anchor_world(keep_odom)
         self.pipeline.reset()
         self.scale.reset()
@@ -373,8 +416,21 @@ class SirenPoseNode(Node):
         if not self._ensure_extrinsic(frame_id, msg.header.stamp):
             return
         self._last_stamp_ns = stamp_ns
-        result = self.pipeline.track(Frame(stamp_ns, gray, rgb, camera))
+        frame = Frame(stamp_ns, gray, rgb, camera)
+        self._frame_meta[stamp_ns] = (received, decode_ms, camera)
+        if self._runner is not None:
+            self._runner.submit(frame)        # the stage threads publish
+            return
+        result = self.pipeline.track(frame)
+        self._on_pose_result(result)
+        self.pipeline.densify(result)
+        self._on_dense_result(result)
+
+    def _on_pose_result(self, result: FrameResult) -> None:
+        """Pose stage output: scale, TF / odometry / path (pose stage thread when staged)."""
+        received, decode_ms, camera = self._frame_meta.pop(result.stamp_ns)
         result.timings_ms["decode"] = decode_ms
+        stamp_ns = result.stamp_ns
         if result.reset:
             self.counters.inc("resets")
             self.scale.reset()
@@ -392,11 +448,14 @@ class SirenPoseNode(Node):
         now = time.monotonic()
         self._out_times.append(now)
         self._latency_ms.append((now - received) * 1e3)
-        self.pipeline.densify(result)
-        if scale is not None:
+        self.counters.inc("frames_processed")
+
+    def _on_dense_result(self, result: FrameResult) -> None:
+        """Dense stage output: clouds (dense stage thread when staged)."""
+        scale = self._output_scale()
+        if scale is not None and self._T_odom_world is not None:
             self._publish_clouds(result, scale)
         self._last_timings = result.timings_ms
-        self.counters.inc("frames_processed")
 
     def _ensure_extrinsic(self, camera_frame: str, stamp) -> bool:
         """Resolve base -> camera once per camera frame name (TF, or parameters as fallback)."""
@@ -589,6 +648,8 @@ class SirenPoseNode(Node):
             self._stop = True
             self._cond.notify()
         self._worker.join(timeout=5.0)
+        if self._runner is not None:
+            self._runner.close(timeout=5.0)
         if self._worker.is_alive():
             self.get_logger().warning("worker still inside a frame after 5 s: exiting without it")
             return False

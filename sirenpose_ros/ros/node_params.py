@@ -46,5 +46,9 @@ NODE_PARAMS: list[ParamSpec] = [
     ParamSpec("trajectory_max_poses", 1000000, "Poses kept for save_trajectory.", 1, 100000000),
     ParamSpec("cloud_publish_period", 1, "Publish the dense cloud every N processed frames.", 1, 1000),
     ParamSpec("path_max_poses", 2000, "Poses kept in the published nav_msgs/Path.", 1, 1000000),
+    ParamSpec("staged_pipeline", True,
+              "Run the pipeline as overlapped stages on threads (frontend | pose + TF | keyframe "
+              "mapping | field + cloud): higher frame rate, the TF never waits for mapping or the "
+              "field. False: one worker runs them one after the other (deterministic, for debugging)."),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", 0.1, 60.0),
 ]

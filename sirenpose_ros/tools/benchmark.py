@@ -445,6 +445,155 @@ def run_pipeline(seq: BenchSequence, params: dict, n_frames: int, warmup: int,
     }
 
 
+def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rate_hz: float,
+               label: str = "") -> dict:
+    """Time frames through the overlapped stages (``core/staged.py``), as the node runs them.
+
+    ``rate_hz`` > 0: a camera thread offers frame i at start + i / rate into a one-slot buffer
+    (a newer frame replaces one not yet taken, as in the node); the frontend loop takes the
+    newest, converts it and submits it. Latency = pose callback (after the TF payload) - the
+    moment the frame was offered. ``rate_hz`` 0: frames are offered as fast as the frontend
+    takes them (throughput). FPS = poses per second of the measured span; clouds/s likewise.
+    Stage times are the pipeline's own clocks (no CUDA synchronisation: stages overlap)."""
+    import threading
+
+    import cv2  # noqa: F401
+    from sirenpose_ros.core.camera import CameraModel
+    from sirenpose_ros.core.config import make_config
+    from sirenpose_ros.core.image import decode_image
+    from sirenpose_ros.core.pipeline import Pipeline
+    from sirenpose_ros.core.staged import StagedRunner
+    from sirenpose_ros.core.types import Frame, TrackingState
+    from sirenpose_ros.synth.sequence import frame_stamps
+
+    if n_frames <= warmup:
+        raise ValueError(f"--frames ({n_frames}) must exceed --warmup ({warmup})")
+    W, H = seq.width, seq.height
+    order = pingpong(len(seq), n_frames)
+    stamps = frame_stamps(n_frames, seq.fps)
+    camera = CameraModel.pinhole(W, H, seq.K[0, 0], seq.K[1, 1], seq.K[0, 2], seq.K[1, 2])
+    torch = sys.modules.get("torch")
+    gpu = torch is not None and torch.cuda.is_available()
+    load_start = load_average()
+    reset_peak_rss()
+    rss_start = _proc_status().get("VmRSS", float("nan"))
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    pipeline = Pipeline(make_config(params), async_mapping=True)
+    T_odom_world = T_BASE_OPTICAL
+
+    offered = {}                 # frame index -> offer time
+    pose_rows, cloud_rows, errors = {}, {}, []
+    gpu_used_peak = [0.0]
+
+    def on_pose(result):
+        i = index_of[result.stamp_ns]
+        if result.state == TrackingState.TRACKING and result.T_world_cam is not None:
+            tf_payload(result.T_world_cam, T_odom_world)
+        pose_rows[i] = (now_s(), result)
+
+    def on_dense(result):
+        i = index_of[result.stamp_ns]
+        t0 = now_s()
+        if result.cloud is not None and len(result.cloud):
+            cloud_to_array(result.cloud, T_odom_world).tobytes()
+            if result.map_cloud is not None and len(result.map_cloud):
+                cloud_to_array(result.map_cloud, T_odom_world).tobytes()
+            cloud_rows[i] = (now_s(), (now_s() - t0) * 1e3)
+        if gpu and _cuda_in_use():
+            free, total = torch.cuda.mem_get_info()
+            gpu_used_peak[0] = max(gpu_used_peak[0], (total - free) / 2**20)
+
+    index_of = {int(s): i for i, s in enumerate(stamps)}
+    runner = StagedRunner(pipeline, on_pose, on_dense, lambda stage, exc: errors.append(f"{stage}: {exc}"))
+    slot = {"i": None}
+    cond = threading.Condition()
+    done = threading.Event()
+    dropped = [0]
+
+    def camera_thread():
+        start = now_s()
+        for i in range(n_frames):
+            if rate_hz > 0:
+                delay = start + i / rate_hz - now_s()
+                if delay > 0:
+                    time.sleep(delay)
+            with cond:
+                if rate_hz <= 0:
+                    cond.wait_for(lambda: slot["i"] is None)
+                elif slot["i"] is not None:
+                    dropped[0] += 1 if slot["i"] >= warmup else 0
+                slot["i"] = i
+                offered[i] = now_s()
+                cond.notify_all()
+        done.set()
+        with cond:
+            cond.notify_all()
+
+    decode_ms = {}
+    cam_t = threading.Thread(target=camera_thread, daemon=True)
+    cam_t.start()
+    while True:
+        with cond:
+            cond.wait_for(lambda: slot["i"] is not None or done.is_set())
+            i, slot["i"] = slot["i"], None
+            cond.notify_all()
+        if i is None:
+            break
+        t0 = now_s()
+        gray, rgb = decode_image("rgb8", W, H, 3 * W, seq.images[order[i]])
+        decode_ms[i] = (now_s() - t0) * 1e3
+        runner.submit(Frame(int(stamps[i]), gray, rgb, camera))
+    runner.drain()
+    runner.close()
+    cam_t.join()
+
+    measured = sorted(i for i in pose_rows if i >= warmup)
+    t_first = offered[warmup] if warmup in offered else min(offered[i] for i in measured)
+    t_last = max([pose_rows[i][0] for i in measured] + [cloud_rows[i][0] for i in cloud_rows if i >= warmup])
+    span = max(t_last - t_first, 1e-9)
+    n_clouds = sum(1 for i in cloud_rows if i >= warmup)
+    keys = []
+    for i in measured:
+        for k in pose_rows[i][1].timings_ms:
+            if k != "total" and k not in keys:
+                keys.append(k)
+    stages = {}
+    for k in ["decode"] + [k for k in STAGE_ORDER if k in keys] + [k for k in keys if k not in STAGE_ORDER]:
+        vals = [decode_ms[i] if k == "decode" else pose_rows[i][1].timings_ms.get(k, 0.0) for i in measured]
+        stages[k] = percentiles(vals)
+    stages["publish_cloud"] = percentiles([cloud_rows[i][1] for i in cloud_rows if i >= warmup] or [0.0])
+    poses, pose_stamps, gt = [], [], []
+    for i in sorted(pose_rows):
+        r = pose_rows[i][1]
+        if r.state == TrackingState.TRACKING and r.T_world_cam is not None:
+            poses.append(r.T_world_cam.copy())
+            pose_stamps.append(int(stamps[i]))
+            gt.append(seq.T_world_cam[order[i]])
+    mem = {"rss_start_mb": rss_start, "peak_rss_mb": _proc_status().get("VmHWM", float("nan")),
+           "input_frames_mb": sum(len(b) for b in seq.images) / 2**20}
+    if gpu:
+        mem.update(gpu_peak_allocated_mb=torch.cuda.max_memory_allocated() / 2**20,
+                   gpu_peak_reserved_mb=torch.cuda.max_memory_reserved() / 2**20,
+                   gpu_device_used_peak_mb=gpu_used_peak[0])
+    return {
+        "mode": "staged", "label": label, "size": f"{W}x{H}", "width": W, "height": H,
+        "sequence": seq.name, "unique_frames": len(seq), "frames": n_frames, "warmup": warmup,
+        "measured": len(measured), "params": params, "rate_hz": rate_hz,
+        "frames_dropped": dropped[0], "dense_dropped": runner.dense_dropped, "errors": errors[:10],
+        "runtime": str(getattr(pipeline, "runtime", "")),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "fps": len(measured) / span, "wall_s": span,
+        "clouds": n_clouds, "cloud_hz": n_clouds / span,
+        "latency_ms": {"pose": percentiles([(pose_rows[i][0] - offered[i]) * 1e3 for i in measured]),
+                       "cloud": percentiles([(cloud_rows[i][0] - offered[i]) * 1e3 for i in cloud_rows
+                                             if i >= warmup])},
+        "stages_ms": stages, "memory": mem,
+        "tracking": _tracking_summary(pose_stamps, poses, gt, n_frames),
+        "load_avg_start": load_start, "load_avg_end": load_average(),
+    }
+
+
 # ============================================================================ live mode
 
 def run_live(seq: BenchSequence, node_params: dict, n_frames: int, warmup: int, rate_hz: float,
@@ -679,7 +828,7 @@ def render_markdown(docs: list[dict], reference: str | None = None,
                 f"torch {doc.get('host', {}).get('torch', '-')}"]
     out.append("")
     runs = [r for d in docs for r in d.get("runs", [])]
-    pipe = [r for r in runs if r["mode"] == "pipeline"]
+    pipe = [r for r in runs if r["mode"] in ("pipeline", "staged")]
     live = [r for r in runs if r["mode"] == "live"]
     if pipe:
         out += ["| run | size | frames | FPS | clouds/s | pose latency p50 / p99 ms | cloud latency "
@@ -710,7 +859,16 @@ def render_markdown(docs: list[dict], reference: str | None = None,
                 "", "Parameters: " + "; ".join(
                     f"{r['label']} {r['size']}: {_params_text(r['params'])}, torch threads {r.get('torch_threads')}"
                     for r in pipe) + "."]
-        if any(not r["track_densify_split"] for r in pipe):
+        staged = [r for r in pipe if r["mode"] == "staged"]
+        if staged:
+            out += ["", "Staged runs (overlapped frontend / pose / map / dense threads, `--staged`): " + "; ".join(
+                f"{r['label']} {r['size']}: camera "
+                + (f"{r['rate_hz']:g} Hz, {r['frames_dropped']} of {r['measured'] + r['frames_dropped']} measured frames dropped before the frontend"
+                   if r["rate_hz"] > 0 else "unpaced (throughput)")
+                + f", {r['dense_dropped']} clouds skipped by the dense stage" for r in staged)
+                + ". Their latency runs from the moment the camera offered the frame to the pose callback; "
+                "stage times overlap (the pipeline's own clocks, no CUDA synchronisation)."]
+        if any(not r.get("track_densify_split", True) for r in pipe):
             out += ["", "Runs without the track/densify split time `process`: their TF waits for the dense stages."]
     if reference:
         refs = {(r["size"], r["sequence"], r["frames"]): r for r in pipe if r["label"] == reference}
@@ -777,6 +935,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                     help="pipeline (and, live, node) parameter; repeatable")
     ap.add_argument("--rate", type=float, default=30.0, help="live: publish rate in Hz (default 30)")
+    ap.add_argument("--staged", action="store_true",
+                    help="pipeline: run the overlapped stages of core/staged.py (as the node does)")
+    ap.add_argument("--camera-rate", type=float, default=0.0,
+                    help="pipeline --staged: offer frames at this rate in Hz, newest frame kept "
+                         "(0 = as fast as the frontend takes them)")
     ap.add_argument("--label", default="", help="name of this configuration in the tables")
     ap.add_argument("--json", type=Path, default=None, help="write results here")
     ap.add_argument("--markdown", type=Path, default=None, help="write the table here")
@@ -843,7 +1006,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.torch_threads > 0:
                 import torch
                 torch.set_num_threads(args.torch_threads)
-            run = run_pipeline(seq, params, args.frames, args.warmup, label)
+            if args.staged:
+                run = run_staged(seq, params, args.frames, args.warmup, args.camera_rate, label)
+            else:
+                run = run_pipeline(seq, params, args.frames, args.warmup, label)
         doc["runs"].append(run)
         lat = run["latency_ms"]["pose"]
         print(f"[benchmark] {label} {run['size']}: "
