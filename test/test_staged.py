@@ -135,18 +135,21 @@ def test_runner_needs_async_mapping():
 
 
 # ----------------------------------------------------------------------------- map jobs
-def _tracked_pipeline(seq, n=20):
+def _window_with_pending_keyframe(seq):
+    """A tracking window whose newest keyframe was decided but not inserted yet."""
     pipe = Pipeline(make_config({**FAST, "field_enabled": False}), async_mapping=True)
-    for f in _frames(seq)[:n]:
+    for f in _frames(seq):
         r = pipe.track(f)
-        pipe.map_job(pipe.take_dense_job(r))
-    assert pipe.window.state == TrackingState.TRACKING
-    return pipe
+        ctx = pipe.take_dense_job(r)
+        if pipe.window.map_busy and len(pipe.window.keyframes) >= 2:
+            return pipe.window
+        pipe.map_job(ctx)
+    pytest.fail("no keyframe was decided")
 
 
 def test_map_job_is_not_committed_into_a_map_cleared_meanwhile(fast_seq):
-    w = _tracked_pipeline(fast_seq).window
-    job = w.begin_map_job(always=True)
+    w = _window_with_pending_keyframe(fast_seq)
+    job = w.begin_map_job()
     job.run()
     w.reset()                                  # e.g. tracking lost while BA ran
     assert w.commit_map_job(job) is False
@@ -154,8 +157,9 @@ def test_map_job_is_not_committed_into_a_map_cleared_meanwhile(fast_seq):
 
 
 def test_map_job_keeps_probabilities_set_by_frames_tracked_meanwhile(fast_seq):
-    w = _tracked_pipeline(fast_seq).window
-    job = w.begin_map_job(always=True)
+    w = _window_with_pending_keyframe(fast_seq)
+    n_kf = len(w.keyframes)
+    job = w.begin_map_job()
     ids_before = w.lm_ids.copy()
     w.lm_p[:] = 0.7                            # the pose stage updated them during the job
     job.map.lm_p[:] = 0.1
@@ -164,6 +168,9 @@ def test_map_job_keeps_probabilities_set_by_frames_tracked_meanwhile(fast_seq):
     k = np.searchsorted(w.lm_ids, ids_before)
     kept = (k < w.lm_ids.size) & (w.lm_ids[np.minimum(k, w.lm_ids.size - 1)] == ids_before)
     assert kept.any() and np.allclose(w.lm_p[k[kept]], 0.7)
+    new = ~np.isin(w.lm_ids, ids_before)       # triangulated by the job: the job's values
+    assert new.any() and np.allclose(w.lm_p[new], 0.0)
+    assert len(w.keyframes) == min(n_kf + 1, w.cfg.window_size_keyframes) and not w.map_busy
 
 
 def test_keyframe_wanted_while_map_busy_is_reported_not_decided(fast_seq):
@@ -171,8 +178,8 @@ def test_keyframe_wanted_while_map_busy_is_reported_not_decided(fast_seq):
     against a keyframe not in the window); the window says it wants one, and the next pose
     waits for the map stage, at most pipeline_map_wait_s."""
     frames = _frames(fast_seq)
-    pipe = Pipeline(make_config({**FAST, "field_enabled": False, "pipeline_map_wait_s": 0.05}),
-                    async_mapping=True)
+    pipe = Pipeline(make_config({**FAST, "field_enabled": False, "pipeline_map_wait_s": 0.05,
+                                 "pipeline_map_lag_frames": 1}), async_mapping=True)
     for i, f in enumerate(frames[:-1]):
         r = pipe.track(f)
         pipe.take_dense_job(r)     # no map stage runs: the first deferred keyframe stays pending

@@ -410,7 +410,9 @@ class DepthFieldEstimator:
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._graph = torch.cuda.CUDAGraph()
         self.opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self._graph):
+        # thread_local: with the staged runner other threads (the GNN, the frontend) keep
+        # launching CUDA work during this capture; "global" mode would make their calls fail.
+        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
             loss, data = self._eager_step(*self._static_in)
         self._static_out = (loss, data)   # detached views of the graph's memory
         with torch.no_grad():

@@ -55,6 +55,7 @@ PARAMS = [
     ParamSpec("pipeline_frontend", "klt", "Keypoint frontend: 'klt' (corners + pyramidal KLT: fast on CPUs, most precise positions) or 'xfeat' (learned XFeat keypoints associated with LighterGlue or mutual nearest neighbours: robust to fast motion and blur, wants a GPU; see xfeat_* parameters).", choices=("klt", "xfeat")),
     ParamSpec("pipeline_torch_threads", 1, "Torch CPU threads (field fit, learned networks on the CPU); 1 avoids OpenMP contention with the estimator on small CPUs; 0 leaves torch's default.", 0, 256),
     ParamSpec("pipeline_dense_every", 1, "Run the dense stages (field fit, cloud) on every N-th tracked frame, and on every keyframe, so that a slow CPU keeps up with the pose stream; 1 = every frame.", 1, 1000),
+    ParamSpec("pipeline_map_lag_frames", 2, "Staged mode: after this many frames in a row that wanted a keyframe while the map stage was busy, the next pose waits for the map (a map a few frames old still tracks well; one that falls further behind a fast camera does not).", 1, 1000),
     ParamSpec("pipeline_map_wait_s", 1.0, "Staged mode: when a frame needs a keyframe while the map stage is still inserting the previous one, the next pose waits for it at most this long (seconds).", 0.0, 60.0),
     ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
 ]
@@ -243,12 +244,14 @@ class Pipeline:
         """Stages 2-3 (pose stage) for an :meth:`observe` output: graph, window pose, keyframe
         decision. The window is held under ``self.lock``.
 
-        When the previous frame needed a keyframe while the map stage was still inserting the
-        last one, this waits for that commit first (up to ``pipeline_map_wait_s``): tracking
-        on a map that lags further and further behind a moving camera loses its landmarks."""
+        When ``pipeline_map_lag_frames`` frames in a row needed a keyframe while the map stage
+        was still inserting the last one, this waits for that commit first (up to
+        ``pipeline_map_wait_s``): tracking on a map that lags further and further behind a
+        moving camera loses its landmarks."""
         with self.lock:
             waited = 0.0
-            if self.window.keyframe_blocked and self.window.map_busy:
+            if (self.window.keyframe_blocked and self.window.map_busy
+                    and self.window.keyframe_blocked_frames >= int(self.cfg.pipeline_map_lag_frames)):
                 t0 = time.perf_counter()
                 self._map_committed.wait_for(lambda: not self.window.map_busy,
                                              float(self.cfg.pipeline_map_wait_s))
@@ -309,24 +312,23 @@ class Pipeline:
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return result
 
-    def _refine_window(self, window, g, ids: np.ndarray, cam) -> None:
-        """SirenPose joint refinement of ``window`` (the map copy of a MapJob; keyframes only):
-        poses, landmarks and the dynamic keypoints' positions under the geometric loss, with the
-        field; keeps the dynamic tracks' velocities for the cloud."""
-        snap = snapshot_from_window(window, g, ids, cam, self.cfg)
+    def _refine_window(self, g, ids: np.ndarray, cam) -> None:
+        """SirenPose joint refinement of the window (keyframes only): poses, landmarks and the
+        dynamic keypoints' positions under the geometric loss, with the field; keeps the
+        dynamic tracks' velocities for the cloud.
+
+        The snapshot is taken and the result written back under the lock; the solve runs
+        without it. If a keyframe was inserted meanwhile the result no longer fits the window
+        and is dropped (``apply_to_window`` checks): the refinement never holds up mapping."""
+        with self.lock:
+            snap = snapshot_from_window(self.window, g, ids, cam, self.cfg)
         if snap is None:
             return
         if self._joint_prev is not None:
             warm_start(snap, *self._joint_prev)
         res = self.joint.refine(snap, self.field)
-        apply_to_window(window, snap, res)
-        self._joint_prev = (snap, res)
-        if snap.dyn_ids is not None:
-            ok = np.all(np.isfinite(res.velocity), axis=1)
-            order = np.argsort(snap.dyn_ids[ok])
-            self._vel_ids = np.asarray(snap.dyn_ids[ok][order], np.int64)
-            self._vel = np.asarray(res.velocity[ok][order], np.float32)
-
+        with self.lock:
+            apply_to_window(self.window, snap, res)
     def densify(self, result: FrameResult) -> FrameResult:
         """Stages 4-5 (field fit and cloud) for the frame of the latest :meth:`track` call.
 
@@ -388,30 +390,26 @@ class Pipeline:
             self._map_world = ctx["world"]
         timings = ctx["result"].timings_ms
         wres = ctx["wres"]
-        joint_due = (self.joint is not None and wres.is_keyframe
-                     and wres.state == TrackingState.TRACKING)
         with self.lock:
-            job = self.window.begin_map_job(always=joint_due)
-        if job is None:
-            return
-        done = False
-        try:
-            t0 = time.perf_counter()
-            job.run()
-            if job.has_keyframe:
-                timings["window"] = timings.get("window", 0.0) + (time.perf_counter() - t0) * 1e3
-            if joint_due:
+            job = self.window.begin_map_job()
+        if job is not None:
+            done = False
+            try:
                 t0 = time.perf_counter()
-                self._refine_window(job.map, ctx["graph"], ctx["ids"], ctx["cam"])
-                timings["joint"] = (time.perf_counter() - t0) * 1e3
-            done = True
-        finally:
-            with self.lock:
-                if done:
-                    self.window.commit_map_job(job)
-                else:               # a failed job leaves the map as it was
-                    self.window.abandon_map_job(job)
-                self._map_committed.notify_all()
+                job.run()
+                timings["window"] = timings.get("window", 0.0) + (time.perf_counter() - t0) * 1e3
+                done = True
+            finally:
+                with self.lock:
+                    if done:
+                        self.window.commit_map_job(job)
+                    else:               # a failed job leaves the map as it was
+                        self.window.abandon_map_job(job)
+                    self._map_committed.notify_all()
+        if self.joint is not None and wres.is_keyframe and wres.state == TrackingState.TRACKING:
+            t0 = time.perf_counter()
+            self._refine_window(ctx["graph"], ctx["ids"], ctx["cam"])
+            timings["joint"] = (time.perf_counter() - t0) * 1e3
 
     def _keypoint_velocity(self, ids: np.ndarray) -> np.ndarray:
         """World velocity per keypoint: from the joint refinement for dynamic tracks, else 0."""

@@ -78,12 +78,18 @@ class StagedRunner:
 
     # ------------------------------------------------------------------ caller side
     def submit(self, frame: Frame) -> None:
-        """Frontend stage of ``frame`` on this thread, then hand it to the pose stage (waits
-        while the previous frame is still waiting there)."""
+        """Frontend stage of ``frame`` on this thread, then hand it to the pose stage.
+
+        Waits first until no earlier frame is waiting for the pose stage: the frontend then
+        works on a frame while the pose stage solves the previous one, and a frame never queues
+        behind two others (the caller's newest-frame buffer drops the stale ones instead)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pose_in is None or self._stop)
+            if self._stop:
+                return
         obs = self.pipeline.observe(frame)
         with self._cond:
-            while self._pose_in is not None and not self._stop:
-                self._cond.wait()
+            self._cond.wait_for(lambda: self._pose_in is None or self._stop)
             if self._stop:
                 return
             self._pose_in = obs

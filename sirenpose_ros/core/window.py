@@ -340,6 +340,7 @@ class SlidingWindowEstimator:
         self._deferred_kf = None       # keyframe decided by update_map, inserted by finish_keyframe
         self._map_job_open = False     # a MapJob is running on a copy of the map (another thread)
         self.keyframe_blocked = False  # the last frame wanted a keyframe while the map was busy
+        self.keyframe_blocked_frames = 0   # ... and how many frames in a row did
         self._info = np.eye(6)
         self._sigma2 = 1.0
         self._rng = np.random.default_rng(0)     # RANSAC sampling: reproducible runs
@@ -426,12 +427,15 @@ class SlidingWindowEstimator:
         is_kf = pend["is_init"]
         T_cw = self.keyframes[-1].T_cw if is_kf else pend["T_cw"]
         self.keyframe_blocked = False
+        if not self.map_busy:
+            self.keyframe_blocked_frames = 0
         if not is_kf and self._need_keyframe(ids, xn, hit):
             if self.map_busy:
                 # The previous keyframe is not in the window yet: a new one now would be
                 # measured against the wrong keyframe. The caller should let the map catch up
                 # (Pipeline.estimate waits for it) instead of tracking on an ever older map.
                 self.keyframe_blocked = True
+                self.keyframe_blocked_frames += 1
             else:
                 # Triangulation and bundle adjustment wait for finish_keyframe() (or a MapJob on
                 # another thread), so that the caller can publish this frame's pose first;
@@ -912,13 +916,11 @@ class SlidingWindowEstimator:
         """A decided keyframe has not been committed to the map yet."""
         return self._map_job_open or self._deferred_kf is not None
 
-    def begin_map_job(self, always: bool = False) -> "MapJob | None":
-        """Take the pending keyframe (if any) into a :class:`MapJob` working on a copy of the map,
-        so that triangulation and bundle adjustment can run on another thread while this
-        estimator keeps tracking on the current map. ``always``: also without a pending keyframe
-        (a copy for the joint refinement). None when there is nothing to do or no map."""
-        if self._deferred_kf is None and not (always and self.state == TrackingState.TRACKING
-                                              and self.keyframes):
+    def begin_map_job(self) -> "MapJob | None":
+        """Take the pending keyframe into a :class:`MapJob` working on a copy of the map, so
+        that triangulation and bundle adjustment can run on another thread while this estimator
+        keeps tracking on the current map. None when no keyframe is pending."""
+        if self._deferred_kf is None:
             return None
         args, self._deferred_kf = self._deferred_kf, None
         self._map_job_open = True
@@ -1170,7 +1172,7 @@ class MapJob:
     window's map: ``run()`` needs no lock and may take tens of milliseconds while the window
     keeps tracking on its current map; ``SlidingWindowEstimator.commit_map_job`` installs the
     result. ``map`` is the copy, a ``SlidingWindowEstimator`` view that other window-level
-    refinements (the joint refinement) can also work on before the commit."""
+    refinements could also work on before the commit."""
 
     def __init__(self, window: SlidingWindowEstimator, keyframe_args):
         self.generation = window._map_generation
@@ -1183,10 +1185,5 @@ class MapJob:
         m.lm_ids, m.lm_X, m.lm_p = window.lm_ids.copy(), window.lm_X.copy(), window.lm_p.copy()
         self.map = m
 
-    @property
-    def has_keyframe(self) -> bool:
-        return self.keyframe_args is not None
-
     def run(self) -> None:
-        if self.keyframe_args is not None:
-            self.map._add_keyframe(*self.keyframe_args)
+        self.map._add_keyframe(*self.keyframe_args)

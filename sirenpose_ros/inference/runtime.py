@@ -101,7 +101,8 @@ class TorchCudaGraphRunner:
                 self.module(*self._static_in)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
+        # thread_local: other pipeline threads may launch CUDA work while this one captures.
+        with torch.inference_mode(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             out = self.module(*self._static_in)
         self._static_out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
 

@@ -505,6 +505,9 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
             gpu_used_peak[0] = max(gpu_used_peak[0], (total - free) / 2**20)
 
     index_of = {int(s): i for i, s in enumerate(stamps)}
+    # No CUDA synchronisation here (unlike pipeline mode): it would serialise the overlapped
+    # stages, and a synchronise from one thread during another's CUDA-graph capture is an error.
+    now_s = time.perf_counter
     runner = StagedRunner(pipeline, on_pose, on_dense, lambda stage, exc: errors.append(f"{stage}: {exc}"))
     slot = {"i": None}
     cond = threading.Condition()
