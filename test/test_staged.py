@@ -15,6 +15,7 @@ from sirenpose_ros.synth.sequence import render_sequence
 
 N = 40
 FAST = {"field_steps_per_frame": 2, "graph_scorer": "geometric"}
+THREAD_MAP = {**FAST, "field_enabled": False, "pipeline_map_process": False}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_a_slow_map_stage_makes_the_pose_wait_instead_of_drifting(fast_seq, sequ
 
 def test_a_failing_pose_callback_is_reported_and_keyframes_still_reach_the_map(fast_seq):
     frames = _frames(fast_seq)[:25]
-    pipe = Pipeline(make_config({**FAST, "field_enabled": False}), async_mapping=True)
+    pipe = Pipeline(make_config(THREAD_MAP), async_mapping=True)
     errors = []
 
     def on_pose(r):
@@ -114,7 +115,7 @@ def test_a_failing_pose_callback_is_reported_and_keyframes_still_reach_the_map(f
 
 def test_reset_drains_then_restarts(fast_seq):
     frames = _frames(fast_seq)[:20]
-    pipe = Pipeline(make_config({**FAST, "field_enabled": False}), async_mapping=True)
+    pipe = Pipeline(make_config(THREAD_MAP), async_mapping=True)
     poses = []
     runner = StagedRunner(pipe, poses.append)
     for f in frames[:12]:
@@ -137,7 +138,7 @@ def test_runner_needs_async_mapping():
 # ----------------------------------------------------------------------------- map jobs
 def _window_with_pending_keyframe(seq):
     """A tracking window whose newest keyframe was decided but not inserted yet."""
-    pipe = Pipeline(make_config({**FAST, "field_enabled": False}), async_mapping=True)
+    pipe = Pipeline(make_config(THREAD_MAP), async_mapping=True)
     for f in _frames(seq):
         r = pipe.track(f)
         ctx = pipe.take_dense_job(r)
@@ -178,7 +179,7 @@ def test_keyframe_wanted_while_map_busy_is_reported_not_decided(fast_seq):
     against a keyframe not in the window); the window says it wants one, and the next pose
     waits for the map stage, at most pipeline_map_wait_s."""
     frames = _frames(fast_seq)
-    pipe = Pipeline(make_config({**FAST, "field_enabled": False, "pipeline_map_wait_s": 0.05,
+    pipe = Pipeline(make_config({**THREAD_MAP, "pipeline_map_wait_s": 0.05,
                                  "pipeline_map_lag_frames": 1}), async_mapping=True)
     for i, f in enumerate(frames[:-1]):
         r = pipe.track(f)
@@ -192,3 +193,43 @@ def test_keyframe_wanted_while_map_busy_is_reported_not_decided(fast_seq):
     r = pipe.track(frames[i + 1])
     assert time.perf_counter() - t0 >= 0.05
     assert r.timings_ms["map_wait"] >= 45
+
+
+def test_map_worker_process_computes_what_the_thread_computes(fast_seq):
+    """The child process runs the same keyframe insertion and joint refinement as the thread
+    would: identical map and refined poses (same code, same inputs, one torch thread each)."""
+    import copy
+
+    from sirenpose_ros.core.joint import JointWindowRefiner, snapshot_from_window
+    from sirenpose_ros.core.map_worker import MapWorker
+    w = _window_with_pending_keyframe(fast_seq)
+    job = w.begin_map_job()
+    local = copy.deepcopy(job.map.__dict__)
+    worker = MapWorker(dict(w.cfg))
+    try:
+        worker.run_map_job(job)
+        here = type(job)(w, job.keyframe_args)
+        here.map.__dict__.update({k: copy.deepcopy(local[k]) for k in ("keyframes", "lm_ids", "lm_X", "lm_p")})
+        here.run()
+        assert np.array_equal(job.map.lm_ids, here.map.lm_ids)
+        assert np.allclose(job.map.lm_X, here.map.lm_X, atol=1e-12)
+        assert [kf.stamp_ns for kf in job.map.keyframes] == [kf.stamp_ns for kf in here.map.keyframes]
+        assert all(np.allclose(a.T_cw, b.T_cw, atol=1e-12)
+                   for a, b in zip(job.map.keyframes, here.map.keyframes))
+        assert w.commit_map_job(job)
+
+        class G:             # graph output the snapshot reads: no dynamic tracks
+            p_dynamic = np.zeros(len(w.keyframes[-1].ids))
+            edges = np.zeros((0, 2), np.int64)
+            rigidity = np.zeros(0)
+        cam = CameraModel.pinhole(320, 240, fast_seq.K[0, 0], fast_seq.K[1, 1], fast_seq.K[0, 2], fast_seq.K[1, 2])
+        snap = snapshot_from_window(w, G(), w.keyframes[-1].ids, cam, w.cfg)
+        remote = worker.refine(snap)
+        local_res = JointWindowRefiner(w.cfg).refine(snap, None)
+        assert remote.iterations == local_res.iterations
+        assert np.allclose(remote.T_cw, local_res.T_cw, atol=1e-9)
+        assert np.allclose(remote.X, local_res.X, atol=1e-9)
+    finally:
+        worker.close()
+    with pytest.raises(RuntimeError, match="exited"):
+        worker.refine(snap)

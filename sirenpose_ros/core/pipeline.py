@@ -44,6 +44,7 @@ from sirenpose_ros.core.config import Config, make_config
 from sirenpose_ros.core.frontend import KLTFrontend
 from sirenpose_ros.core.graph import KeypointGraph
 from sirenpose_ros.core.joint import JointWindowRefiner, apply_to_window, snapshot_from_window, warm_start
+from sirenpose_ros.core.map_worker import uses_field
 from sirenpose_ros.core.params import ParamSpec
 from sirenpose_ros.core.types import Cloud, Frame, FrameResult, TrackingState
 from sirenpose_ros.core.camera import CameraModel
@@ -55,6 +56,7 @@ PARAMS = [
     ParamSpec("pipeline_frontend", "klt", "Keypoint frontend: 'klt' (corners + pyramidal KLT: fast on CPUs, most precise positions) or 'xfeat' (learned XFeat keypoints associated with LighterGlue or mutual nearest neighbours: robust to fast motion and blur, wants a GPU; see xfeat_* parameters).", choices=("klt", "xfeat")),
     ParamSpec("pipeline_torch_threads", 1, "Torch CPU threads (field fit, learned networks on the CPU); 1 avoids OpenMP contention with the estimator on small CPUs; 0 leaves torch's default.", 0, 256),
     ParamSpec("pipeline_dense_every", 1, "Run the dense stages (field fit, cloud) on every N-th tracked frame, and on every keyframe, so that a slow CPU keeps up with the pose stream; 1 = every frame.", 1, 1000),
+    ParamSpec("pipeline_map_process", True, "Staged mode: run keyframe triangulation + bundle adjustment and the joint refinement in a child process instead of a thread, so that they do not hold Python's GIL against the pose stage (the joint refinement stays in-process when it reads or trains the field).", None, None),
     ParamSpec("pipeline_map_lag_frames", 2, "Staged mode: after this many frames in a row that wanted a keyframe while the map stage was busy, the next pose waits for the map (a map a few frames old still tracks well; one that falls further behind a fast camera does not).", 1, 1000),
     ParamSpec("pipeline_map_wait_s", 1.0, "Staged mode: when a frame needs a keyframe while the map stage is still inserting the previous one, the next pose waits for it at most this long (seconds).", 0.0, 60.0),
     ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
@@ -122,6 +124,10 @@ class Pipeline:
         # dense thread of core/staged.py).
         self.window = SlidingWindowEstimator(self.cfg, async_mapping=async_mapping)
         self.lock = threading.Lock()   # the window, between the pose and the map stages
+        self._map_worker = None
+        if async_mapping and self.cfg.pipeline_map_process:
+            from sirenpose_ros.core.map_worker import MapWorker
+            self._map_worker = MapWorker(dict(self.cfg))
         self._map_committed = threading.Condition(self.lock)
         self.field = field_mod.DepthFieldEstimator(self.cfg) if self.cfg.field_enabled else None
         self.voxels = cloud_mod.VoxelMap(self.cfg)
@@ -141,6 +147,12 @@ class Pipeline:
         self._world = 0
         self._dense_world = 0
         self._map_world = 0
+
+    def close(self) -> None:
+        """Stop the map worker process, if any (the pipeline is unusable afterwards)."""
+        if self._map_worker is not None:
+            self._map_worker.close()
+            self._map_worker = None
 
     @property
     def runtime(self) -> str:
@@ -326,7 +338,10 @@ class Pipeline:
             return
         if self._joint_prev is not None:
             warm_start(snap, *self._joint_prev)
-        res = self.joint.refine(snap, self.field)
+        if self._map_worker is not None and not uses_field(self.cfg):
+            res = self._map_worker.refine(snap)
+        else:
+            res = self.joint.refine(snap, self.field)
         with self.lock:
             apply_to_window(self.window, snap, res)
     def densify(self, result: FrameResult) -> FrameResult:
@@ -396,7 +411,10 @@ class Pipeline:
             done = False
             try:
                 t0 = time.perf_counter()
-                job.run()
+                if self._map_worker is not None:
+                    self._map_worker.run_map_job(job)
+                else:
+                    job.run()
                 timings["window"] = timings.get("window", 0.0) + (time.perf_counter() - t0) * 1e3
                 done = True
             finally:

@@ -11,7 +11,8 @@ frame k+1's keypoints are computed while frame k's pose is solved and frame k-1'
    ``on_dense(result)``.
 4. map (thread ``sirenpose-map``, keyframes only): ``Pipeline.map_job``: keyframe triangulation,
    bundle adjustment and the joint refinement on a copy of the map, committed under the
-   pipeline's lock. It has its own thread so that a new keyframe enters the window as soon as
+   pipeline's lock; the computation itself runs in a child process (``core/map_worker.py``,
+   ``pipeline_map_process``) so that it does not compete for the GIL with the pose stage. It has its own thread so that a new keyframe enters the window as soon as
    possible (tracking on a map that lags behind a fast camera loses landmarks), not after the
    field fit of an earlier frame.
 
@@ -109,11 +110,13 @@ class StagedRunner:
         self.pipeline.reset()
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stop the stage threads, then the pipeline's map worker process."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout)
+        self.pipeline.close()
 
     # ------------------------------------------------------------------ stages
     def _fail(self, stage: str, exc: BaseException) -> None:
