@@ -31,6 +31,7 @@ def _serve(conn, values: dict) -> None:
     cfg = make_config(values)
     window = SlidingWindowEstimator(cfg)
     refiner = JointWindowRefiner(cfg) if cfg.joint_enabled else None
+    conn.send(("ready", None))
     while True:
         try:
             msg = conn.recv()
@@ -56,13 +57,25 @@ def _serve(conn, values: dict) -> None:
 class MapWorker:
     """A child process that runs MapJobs and joint refinements for one pipeline."""
 
-    def __init__(self, cfg_values: dict):
+    def __init__(self, cfg_values: dict, start_timeout_s: float = 120.0):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, dict(cfg_values)),
                                  name="sirenpose-map-worker", daemon=True)
         self._proc.start()
         child.close()
+        # The child imports NumPy, OpenCV and torch (seconds on a busy machine): wait for it
+        # here, at start-up, not in the first keyframe while the camera is already moving.
+        if not self._conn.poll(start_timeout_s):
+            self.close()
+            raise RuntimeError(f"map worker process did not start within {start_timeout_s:.0f} s")
+        try:
+            status, _ = self._conn.recv()
+        except EOFError:
+            status = "exited"
+        if status != "ready":
+            self.close()
+            raise RuntimeError("map worker process failed to start")
 
     def _call(self, *msg):
         if not self._proc.is_alive():
