@@ -138,3 +138,25 @@ def test_live_table_renders_from_a_record():
     row = next(line for line in text.splitlines() if line.startswith("| node |"))
     assert "| 30.0 | 24.5 | 18 / 100 | 25.0 / 90.0 |" in row and "15 / 130" in row and "82 %" in row
     assert "OMP_NUM_THREADS=1" in text
+
+
+@pytest.mark.parametrize("rate", [0.0, 40.0])
+def test_staged_mode_measures_every_frame_through_the_stages(run_doc, rate):
+    """--staged: the overlapped stages, unpaced or with a camera at a fixed rate; every measured
+    frame gets a pose callback (or is counted as dropped before the frontend), and the table
+    says which runs were staged."""
+    out, _ = run_doc
+    args = ["--size", f"{SIZE[0]}x{SIZE[1]}", "--frames", str(FRAMES), "--warmup", str(WARMUP),
+            "--render-frames", "8", "--render-workers", "1", "--cache-dir", str(out / "cache"),
+            "--param", "window_init_min_parallax_deg:=0.5", "--param", "pipeline_map_process:=false",
+            "--staged", "--camera-rate", str(rate), "--label", "tiny-staged", "--json", str(out / "s.json")]
+    assert B.main(args) == 0
+    r = json.loads((out / "s.json").read_text())["runs"][0]
+    assert r["mode"] == "staged" and r["rate_hz"] == rate and not r["errors"]
+    assert r["measured"] + r["frames_dropped"] == FRAMES - WARMUP
+    if rate == 0.0:
+        assert r["frames_dropped"] == 0
+    assert r["latency_ms"]["pose"]["n"] == r["measured"] and r["fps"] > 0
+    assert "frontend" in r["stages_ms"] and "graph" in r["stages_ms"]
+    text = B.render_markdown([json.loads((out / "s.json").read_text())])
+    assert "| tiny-staged |" in text and "Staged runs" in text

@@ -166,39 +166,32 @@ class StagedRunner:
             self._cond.notify_all()
 
     def _dense_loop(self) -> None:
-        while True:
-            with self._cond:
-                while self._dense_in is None and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                job, self._dense_in = self._dense_in, None
-                self._dense_busy = True
-            try:
-                result = self.pipeline.densify_job(job, map_work=False)
-                if self.on_dense is not None:
-                    self.on_dense(result)
-            except Exception as exc:          # noqa: BLE001
-                self._fail("dense", exc)
-            finally:
-                with self._cond:
-                    self._dense_busy = False
-                    self._cond.notify_all()
+        def work(job):
+            result = self.pipeline.densify_job(job, map_work=False)
+            if self.on_dense is not None:
+                self.on_dense(result)
+        self._serve("dense", work)
 
     def _map_loop(self) -> None:
+        self._serve("map", self.pipeline.map_job)
+
+    def _serve(self, stage: str, work: Callable[[dict], None]) -> None:
+        """Loop of the ``stage`` thread: take the job in ``self._<stage>_in``, run ``work`` on
+        it with ``self._<stage>_busy`` set, until :meth:`close`."""
+        slot, busy = f"_{stage}_in", f"_{stage}_busy"
         while True:
             with self._cond:
-                while self._map_in is None and not self._stop:
-                    self._cond.wait()
+                self._cond.wait_for(lambda: getattr(self, slot) is not None or self._stop)
                 if self._stop:
                     return
-                job, self._map_in = self._map_in, None
-                self._map_busy = True
+                job = getattr(self, slot)
+                setattr(self, slot, None)
+                setattr(self, busy, True)
             try:
-                self.pipeline.map_job(job)
-            except Exception as exc:          # noqa: BLE001
-                self._fail("map", exc)
+                work(job)
+            except Exception as exc:          # noqa: BLE001 - reported, the stage goes on
+                self._fail(stage, exc)
             finally:
                 with self._cond:
-                    self._map_busy = False
+                    setattr(self, busy, False)
                     self._cond.notify_all()

@@ -335,6 +335,35 @@ def _tracking_summary(stamps: list, poses: list, gt: list, n_frames: int) -> dic
     return out
 
 
+def _reset_memory_peaks(torch_cuda) -> float:
+    """Reset the host (and, given torch with CUDA, GPU) peak-memory counters; -> RSS now (MB)."""
+    reset_peak_rss()
+    if torch_cuda is not None:
+        torch_cuda.cuda.reset_peak_memory_stats()
+    return _proc_status().get("VmRSS", float("nan"))
+
+
+def _memory_summary(seq: BenchSequence, rss_start: float, torch_cuda, gpu_used_peak: float) -> dict:
+    mem = {"rss_start_mb": rss_start, "peak_rss_mb": _proc_status().get("VmHWM", float("nan")),
+           "input_frames_mb": sum(len(b) for b in seq.images) / 2**20}
+    if torch_cuda is not None:
+        mem.update(gpu_peak_allocated_mb=torch_cuda.cuda.max_memory_allocated() / 2**20,
+                   gpu_peak_reserved_mb=torch_cuda.cuda.max_memory_reserved() / 2**20,
+                   gpu_device_used_peak_mb=gpu_used_peak)
+    return mem
+
+
+def _bench_frames(seq: BenchSequence, n_frames: int, warmup: int):
+    """(W, H, frame order, stamps, camera) of a timed run over ``seq``."""
+    from sirenpose_ros.core.camera import CameraModel
+    from sirenpose_ros.synth.sequence import frame_stamps
+    if n_frames <= warmup:
+        raise ValueError(f"--frames ({n_frames}) must exceed --warmup ({warmup})")
+    W, H = seq.width, seq.height
+    camera = CameraModel.pinhole(W, H, seq.K[0, 0], seq.K[1, 1], seq.K[0, 2], seq.K[1, 2])
+    return W, H, pingpong(len(seq), n_frames), frame_stamps(n_frames, seq.fps), camera
+
+
 def run_pipeline(seq: BenchSequence, params: dict, n_frames: int, warmup: int,
                  label: str = "") -> dict:
     """Time ``n_frames`` frames (``warmup`` of them not counted) through the pipeline."""
@@ -346,20 +375,11 @@ def run_pipeline(seq: BenchSequence, params: dict, n_frames: int, warmup: int,
     from sirenpose_ros.core.types import Frame, TrackingState
     from sirenpose_ros.synth.sequence import frame_stamps
 
-    if n_frames <= warmup:
-        raise ValueError(f"--frames ({n_frames}) must exceed --warmup ({warmup})")
-    W, H = seq.width, seq.height
-    order = pingpong(len(seq), n_frames)
-    stamps = frame_stamps(n_frames, seq.fps)
-    camera = CameraModel.pinhole(W, H, seq.K[0, 0], seq.K[1, 1], seq.K[0, 2], seq.K[1, 2])
+    W, H, order, stamps, camera = _bench_frames(seq, n_frames, warmup)
     torch = sys.modules.get("torch")
     gpu = torch is not None and torch.cuda.is_available()
     load_start = load_average()
-
-    reset_peak_rss()
-    rss_start = _proc_status().get("VmRSS", float("nan"))
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()
+    rss_start = _reset_memory_peaks(torch if gpu else None)
     pipeline = Pipeline(make_config(params))
     split = hasattr(pipeline, "track") and hasattr(pipeline, "densify")
     T_odom_world = T_BASE_OPTICAL
@@ -421,12 +441,7 @@ def run_pipeline(seq: BenchSequence, params: dict, n_frames: int, warmup: int,
     keys = [k for k in STAGE_ORDER if k in stage_keys or k in ("decode", "publish_tf", "publish_cloud", "other")]
     keys += [k for k in stage_keys if k not in keys]
     stages = {k: percentiles([r["ms"].get(k, 0.0) for r in rows]) for k in keys}
-    mem = {"rss_start_mb": rss_start, "peak_rss_mb": _proc_status().get("VmHWM", float("nan")),
-           "input_frames_mb": sum(len(b) for b in seq.images) / 2**20}
-    if gpu:
-        mem.update(gpu_peak_allocated_mb=torch.cuda.max_memory_allocated() / 2**20,
-                   gpu_peak_reserved_mb=torch.cuda.max_memory_reserved() / 2**20,
-                   gpu_device_used_peak_mb=gpu_used_peak)
+    mem = _memory_summary(seq, rss_start, torch if gpu else None, gpu_used_peak)
     return {
         "mode": "pipeline", "label": label, "size": f"{W}x{H}", "width": W, "height": H,
         "sequence": seq.name, "unique_frames": len(seq), "frames": n_frames, "warmup": warmup,
@@ -466,19 +481,11 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
     from sirenpose_ros.core.types import Frame, TrackingState
     from sirenpose_ros.synth.sequence import frame_stamps
 
-    if n_frames <= warmup:
-        raise ValueError(f"--frames ({n_frames}) must exceed --warmup ({warmup})")
-    W, H = seq.width, seq.height
-    order = pingpong(len(seq), n_frames)
-    stamps = frame_stamps(n_frames, seq.fps)
-    camera = CameraModel.pinhole(W, H, seq.K[0, 0], seq.K[1, 1], seq.K[0, 2], seq.K[1, 2])
+    W, H, order, stamps, camera = _bench_frames(seq, n_frames, warmup)
     torch = sys.modules.get("torch")
     gpu = torch is not None and torch.cuda.is_available()
     load_start = load_average()
-    reset_peak_rss()
-    rss_start = _proc_status().get("VmRSS", float("nan"))
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()
+    rss_start = _reset_memory_peaks(torch if gpu else None)
     pipeline = Pipeline(make_config(params), async_mapping=True)
     T_odom_world = T_BASE_OPTICAL
 
@@ -573,12 +580,7 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
             poses.append(r.T_world_cam.copy())
             pose_stamps.append(int(stamps[i]))
             gt.append(seq.T_world_cam[order[i]])
-    mem = {"rss_start_mb": rss_start, "peak_rss_mb": _proc_status().get("VmHWM", float("nan")),
-           "input_frames_mb": sum(len(b) for b in seq.images) / 2**20}
-    if gpu:
-        mem.update(gpu_peak_allocated_mb=torch.cuda.max_memory_allocated() / 2**20,
-                   gpu_peak_reserved_mb=torch.cuda.max_memory_reserved() / 2**20,
-                   gpu_device_used_peak_mb=gpu_used_peak[0])
+    mem = _memory_summary(seq, rss_start, torch if gpu else None, gpu_used_peak[0])
     return {
         "mode": "staged", "label": label, "size": f"{W}x{H}", "width": W, "height": H,
         "sequence": seq.name, "unique_frames": len(seq), "frames": n_frames, "warmup": warmup,
