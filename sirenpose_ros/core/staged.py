@@ -81,11 +81,16 @@ class StagedRunner:
     def submit(self, frame: Frame) -> None:
         """Frontend stage of ``frame`` on this thread, then hand it to the pose stage.
 
-        Waits first until no earlier frame is waiting for the pose stage: the frontend then
-        works on a frame while the pose stage solves the previous one, and a frame never queues
-        behind two others (the caller's newest-frame buffer drops the stale ones instead)."""
+        Waits first until no earlier frame is waiting for the pose stage (the caller's
+        newest-frame buffer drops the stale ones meanwhile). With ``pipeline_overlap_frontend``
+        the frontend then works on this frame while the pose stage solves the previous one
+        (throughput: the slower of the two stages sets the frame rate; latency: a frame may
+        wait for the previous pose); without it, it also waits until the pose stage is idle
+        (latency: frontend + pose; frame rate: 1 / (frontend + pose))."""
+        overlap = bool(self.pipeline.cfg.pipeline_overlap_frontend)
         with self._cond:
-            self._cond.wait_for(lambda: self._pose_in is None or self._stop)
+            self._cond.wait_for(lambda: self._stop or (
+                self._pose_in is None and (overlap or not self._pose_busy)))
             if self._stop:
                 return
         obs = self.pipeline.observe(frame)
