@@ -78,6 +78,16 @@ class StagedRunner:
             t.start()
 
     # ------------------------------------------------------------------ caller side
+    def _ready(self) -> bool:
+        overlap = bool(self.pipeline.cfg.pipeline_overlap_frontend)
+        return self._stop or (self._pose_in is None and (overlap or not self._pose_busy))
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`submit` would start at once. A caller with a newest-frame buffer
+        takes its frame only after this, so that the frame does not age while it waits."""
+        with self._cond:
+            return self._cond.wait_for(self._ready, timeout)
+
     def submit(self, frame: Frame) -> None:
         """Frontend stage of ``frame`` on this thread, then hand it to the pose stage.
 
@@ -87,10 +97,8 @@ class StagedRunner:
         (throughput: the slower of the two stages sets the frame rate; latency: a frame may
         wait for the previous pose); without it, it also waits until the pose stage is idle
         (latency: frontend + pose; frame rate: 1 / (frontend + pose))."""
-        overlap = bool(self.pipeline.cfg.pipeline_overlap_frontend)
         with self._cond:
-            self._cond.wait_for(lambda: self._stop or (
-                self._pose_in is None and (overlap or not self._pose_busy)))
+            self._cond.wait_for(self._ready)
             if self._stop:
                 return
         obs = self.pipeline.observe(frame)

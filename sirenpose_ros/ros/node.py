@@ -294,6 +294,10 @@ class SirenPoseNode(Node):
     # ----------------------------------------------------------------------------- worker
     def _work(self) -> None:
         while True:
+            if self._runner is not None:
+                # Take the newest image only when the frontend stage can start on it, so that
+                # it does not age in the worker while the stages are busy.
+                self._runner.wait_ready(timeout=1.0)
             with self._cond:
                 while self._slot is None and not self._stop and not self._reset_requested:
                     self._cond.wait()

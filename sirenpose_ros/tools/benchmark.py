@@ -544,6 +544,7 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
     cam_t = threading.Thread(target=camera_thread, daemon=True)
     cam_t.start()
     while True:
+        runner.wait_ready()               # take the newest frame only when it can start
         with cond:
             cond.wait_for(lambda: slot["i"] is not None or done.is_set())
             i, slot["i"] = slot["i"], None
