@@ -7,20 +7,27 @@ staged runner: pose-stage times doubled). Both already work on copies (a MapJob'
 ``WindowSnapshot``), so they can run in another process instead: the copies go through a pipe,
 the results come back, and the caller commits them under its lock exactly as with a thread.
 
-The child is started with ``spawn`` (never ``fork``: the parent has threads and possibly a CUDA
-context) and builds its own estimator and refiner from the same parameter values. One request at
-a time; the map stage is a single thread, so no request queue is needed.
+The child is a fresh interpreter (``python -m sirenpose_ros.core.map_worker``, never ``fork``:
+the parent has threads and possibly a CUDA context; not ``multiprocessing``'s spawn either, which
+re-runs the parent's main module and so breaks scripts without a ``__main__`` guard). It talks
+over two pipes with ``multiprocessing.connection.Connection`` (pickled messages) and builds its
+own estimator and refiner from the parent's parameter values. One request at a time; the map
+stage is a single thread, so no request queue is needed.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
+import subprocess
+import sys
+from multiprocessing.connection import Connection
 
 # Attributes of a window's map that a MapJob reads and writes.
 MAP_STATE = ("keyframes", "lm_ids", "lm_X", "lm_p", "_f", "_kf_landmarks_seen")
 
 
-def _serve(conn, values: dict) -> None:
-    """Child process: answer ("map", state, keyframe_args) and ("joint", snapshot) requests."""
+def _serve(conn_in: Connection, conn: Connection) -> None:
+    """Child process: the parameter values first, then answer ("map", state, keyframe_args) and
+    ("joint", snapshot) requests until None or the parent's end closes."""
     import torch
 
     from sirenpose_ros.core.config import make_config
@@ -28,13 +35,13 @@ def _serve(conn, values: dict) -> None:
     from sirenpose_ros.core.window import SlidingWindowEstimator
 
     torch.set_num_threads(1)
-    cfg = make_config(values)
+    cfg = make_config(conn_in.recv())
     window = SlidingWindowEstimator(cfg)
     refiner = JointWindowRefiner(cfg) if cfg.joint_enabled else None
     conn.send(("ready", None))
     while True:
         try:
-            msg = conn.recv()
+            msg = conn_in.recv()
         except EOFError:
             return
         if msg is None:
@@ -58,19 +65,26 @@ class MapWorker:
     """A child process that runs MapJobs and joint refinements for one pipeline."""
 
     def __init__(self, cfg_values: dict, start_timeout_s: float = 120.0):
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, dict(cfg_values)),
-                                 name="sirenpose-map-worker", daemon=True)
-        self._proc.start()
-        child.close()
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = dict(os.environ)
+        # The child resolves imports as this process does (editable install, PYTHONPATH, cwd).
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "sirenpose_ros.core.map_worker", str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._send = Connection(to_child_w, readable=False)
+        self._recv = Connection(from_child_r, writable=False)
+        self._send.send(dict(cfg_values))
         # The child imports NumPy, OpenCV and torch (seconds on a busy machine): wait for it
         # here, at start-up, not in the first keyframe while the camera is already moving.
-        if not self._conn.poll(start_timeout_s):
+        if not self._recv.poll(start_timeout_s):
             self.close()
             raise RuntimeError(f"map worker process did not start within {start_timeout_s:.0f} s")
         try:
-            status, _ = self._conn.recv()
+            status, _ = self._recv.recv()
         except EOFError:
             status = "exited"
         if status != "ready":
@@ -78,10 +92,13 @@ class MapWorker:
             raise RuntimeError("map worker process failed to start")
 
     def _call(self, *msg):
-        if not self._proc.is_alive():
-            raise RuntimeError(f"map worker process exited (code {self._proc.exitcode})")
-        self._conn.send(msg)
-        status, value = self._conn.recv()
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"map worker process exited (code {self._proc.returncode})")
+        try:
+            self._send.send(msg)
+            status, value = self._recv.recv()
+        except (EOFError, OSError) as exc:
+            raise RuntimeError(f"map worker process exited ({exc})") from exc
         if status != "ok":
             raise RuntimeError(f"map worker: {value}")
         return value
@@ -98,14 +115,19 @@ class MapWorker:
         return self._call("joint", snap)
 
     def close(self, timeout: float = 5.0) -> None:
-        try:
-            self._conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.kill()
-        self._conn.close()
+        if self._proc.poll() is None:
+            try:
+                self._send.send(None)
+            except OSError:
+                pass
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        for c in (self._send, self._recv):
+            if not c.closed:
+                c.close()
 
 
 def uses_field(cfg) -> bool:
@@ -113,3 +135,7 @@ def uses_field(cfg) -> bool:
     that owns the field)."""
     return float(cfg.loss_depth_weight) > 0 or int(cfg.joint_field_steps) > 0
 
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
