@@ -18,7 +18,7 @@ PARAMS = [
     ParamSpec("frontend_max_keypoints", 350, "Number of keypoints the frontend keeps alive per frame.", 20, 5000),
     ParamSpec("frontend_min_distance_px", 10.0, "Minimum distance between keypoints (working-resolution pixels).", 1.0, 200.0),
     ParamSpec("frontend_quality_level", 0.001, "Corner quality threshold relative to the best corner (goodFeaturesToTrack).", 1e-5, 0.5),
-    ParamSpec("frontend_min_quality_level", 1e-4, "Adaptive detection: when too few corners pass frontend_quality_level (low texture), the threshold is lowered tenfold at a time down to this.", 1e-6, 0.5),
+    ParamSpec("frontend_min_quality_level", 1e-5, "Adaptive detection: when too few corners pass frontend_quality_level (low texture), the threshold is lowered tenfold at a time down to this. Low enough that the first frame (no live tracks masked, so the strongest corner of the whole image sets the bar) gets as many corners as later ones: it is the initialisation's reference.", 1e-6, 0.5),
     ParamSpec("frontend_subpixel", True, "Refine new corners to sub-pixel accuracy (cornerSubPix) before tracking them.", None, None),
     ParamSpec("frontend_block_size", 5, "Corner detector window (pixels, odd).", 3, 15),
     ParamSpec("frontend_klt_window_px", 21, "KLT window side (pixels, odd).", 5, 61),
@@ -132,8 +132,11 @@ class KLTFrontend:
         mask[-b:] = 0
         mask[:, :b] = 0
         mask[:, -b:] = 0
-        # Quality is relative to the strongest corner: in a low-texture image a few strong edges
-        # set a bar the rest cannot reach, so lower it while too few corners pass.
+        # Quality is relative to the strongest corner outside the mask: in a low-texture image a
+        # few strong edges set a bar the rest cannot reach, so lower it while too few corners
+        # pass. Corners too faint for KLT (frontend_klt_min_eigenvalue) drop out at the next
+        # frame; filtering them here instead measured worse (their slots went to more faint,
+        # long-lived and less precise tracks).
         quality = float(cfg.frontend_quality_level)
         while True:
             corners = cv2.goodFeaturesToTrack(gray, maxCorners=4 * need, qualityLevel=quality,
