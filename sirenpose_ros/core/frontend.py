@@ -18,12 +18,13 @@ PARAMS = [
     ParamSpec("frontend_max_keypoints", 350, "Number of keypoints the frontend keeps alive per frame.", 20, 5000),
     ParamSpec("frontend_min_distance_px", 10.0, "Minimum distance between keypoints (working-resolution pixels).", 1.0, 200.0),
     ParamSpec("frontend_quality_level", 0.001, "Corner quality threshold relative to the best corner (goodFeaturesToTrack).", 1e-5, 0.5),
-    ParamSpec("frontend_min_quality_level", 1e-4, "Adaptive detection: when too few corners pass frontend_quality_level (low texture), the threshold is lowered tenfold at a time down to this.", 1e-6, 0.5),
+    ParamSpec("frontend_min_quality_level", 1e-5, "Adaptive detection: when too few corners pass frontend_quality_level (low texture), the threshold is lowered tenfold at a time down to this. Low enough that the first frame (no live tracks masked, so the strongest corner of the whole image sets the bar) gets as many corners as later ones: it is the initialisation's reference.", 1e-6, 0.5),
     ParamSpec("frontend_subpixel", True, "Refine new corners to sub-pixel accuracy (cornerSubPix) before tracking them.", None, None),
     ParamSpec("frontend_block_size", 5, "Corner detector window (pixels, odd).", 3, 15),
     ParamSpec("frontend_klt_window_px", 21, "KLT window side (pixels, odd).", 5, 61),
     ParamSpec("frontend_klt_levels", 3, "KLT pyramid levels above the base image.", 0, 6),
     ParamSpec("frontend_klt_iterations", 20, "KLT iterations per pyramid level.", 1, 100),
+    ParamSpec("frontend_klt_min_eigenvalue", 1e-5, "KLT's texture test (OpenCV minEigThreshold: smallest eigenvalue of the window's gradient matrix per pixel, image in [0, 1]): windows below it are not tracked. OpenCV's default 1e-4 drops the faint but trackable texture of low-texture scenes (plain walls and floors), which the adaptive detection (frontend_min_quality_level) does find.", 1e-7, 1e-2),
     ParamSpec("frontend_fb_threshold_px", 0.5, "Forward-backward consistency threshold (pixels): tracks that do not return are dropped.", 0.01, 10.0),
     ParamSpec("frontend_grid_cols", 8, "Columns of the re-detection grid (keeps keypoints spread).", 1, 64),
     ParamSpec("frontend_grid_rows", 6, "Rows of the re-detection grid.", 1, 64),
@@ -65,6 +66,7 @@ class KLTFrontend:
         self._levels = int(cfg.frontend_klt_levels)
         self._criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS,
                           int(cfg.frontend_klt_iterations), 0.01)
+        self._min_eig = float(cfg.frontend_klt_min_eigenvalue)
         self.reset()
 
     def reset(self) -> None:
@@ -93,11 +95,13 @@ class KLTFrontend:
             return prev
         p0 = prev.px.reshape(-1, 1, 2)
         p1, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev_pyr, pyr, p0, None, winSize=self._win,
-                                              maxLevel=self._levels, criteria=self._criteria)
+                                              maxLevel=self._levels, criteria=self._criteria,
+                                              minEigThreshold=self._min_eig)
         # Backward pass starts at the original positions: a consistent track comes straight back.
         p0b, st2, _ = cv2.calcOpticalFlowPyrLK(pyr, self._prev_pyr, p1, p0.copy(), winSize=self._win,
                                                maxLevel=self._levels, criteria=self._criteria,
-                                               flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
+                                               flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                                               minEigThreshold=self._min_eig)
         p1 = p1.reshape(-1, 2)
         fb = np.linalg.norm(p0b.reshape(-1, 2) - prev.px, axis=1)
         b = self.cfg.frontend_border_px
@@ -128,8 +132,11 @@ class KLTFrontend:
         mask[-b:] = 0
         mask[:, :b] = 0
         mask[:, -b:] = 0
-        # Quality is relative to the strongest corner: in a low-texture image a few strong edges
-        # set a bar the rest cannot reach, so lower it while too few corners pass.
+        # Quality is relative to the strongest corner outside the mask: in a low-texture image a
+        # few strong edges set a bar the rest cannot reach, so lower it while too few corners
+        # pass. Corners too faint for KLT (frontend_klt_min_eigenvalue) drop out at the next
+        # frame; filtering them here instead measured worse (their slots went to more faint,
+        # long-lived and less precise tracks).
         quality = float(cfg.frontend_quality_level)
         while True:
             corners = cv2.goodFeaturesToTrack(gray, maxCorners=4 * need, qualityLevel=quality,
