@@ -162,8 +162,11 @@ def refine_pose(T_cw: np.ndarray, X: np.ndarray, xn: np.ndarray, w: np.ndarray, 
         r = (Xc_ok[:, :2] / Xc_ok[:, 2:3] - xn[ok]) * f
         _, J = _proj_jacobians(Xc_ok, f)
         wt = w[ok] * robust_weights(np.linalg.norm(r, axis=1), scale_px, loss)
-        H = np.einsum("n,nai,naj->ij", wt, J, J)
-        g = np.einsum("n,nai,na->i", wt, J, r)
+        # Stacked (2N, 6) products go to BLAS; a three-operand einsum here cost 1-2 ms a frame.
+        J2 = J.reshape(-1, 6)
+        WJ = J2 * np.repeat(wt, 2)[:, None]
+        H = WJ.T @ J2
+        g = WJ.T @ r.reshape(-1)
         try:
             d = -np.linalg.solve(H + np.eye(6) * 1e-9, g)
         except np.linalg.LinAlgError:
