@@ -62,6 +62,7 @@ PARAMS = [
     ParamSpec("window_rotation_translation_std", 0.5, "Standard deviation of each position coordinate of a rotation-only pose, in units of the reference's median scene depth (large: the translation is held, not measured).", 0.0, 1000.0),
     ParamSpec("window_provisional_poses", True, "Before (re-)initialisation, when no rotation-only pose holds, publish the two-view pose of the frame w.r.t. the reference (essential matrix; translation scaled as the map will be: median depth of its inliers in the reference = the reference's depth target) if its position is determinate (window_provisional_max_position): frames before the map get a pose in the map's world frame and scale.", None, None),
     ParamSpec("window_provisional_max_position", 0.002, "A provisional two-view pose is published only while its position uncertainty (1 sigma of the translation direction and of the scale, and the spread of rival two-view solutions) is below this share of the reference's median scene depth.", 0.0, 1.0),
+    ParamSpec("window_provisional_max_depth_error", 0.2, "A provisional two-view pose is published only while the median relative depth uncertainty of its points (see window_init_max_depth_error) is below this.", 0.001, 10.0),
     ParamSpec("window_provisional_max_rotation_deg", 0.1, "A provisional two-view pose is published only while its rotation uncertainty (1 sigma, and the spread of rival solutions) is below this (degrees).", 0.0, 10.0),
     ParamSpec("window_init_score_sigmas", 4.0, "Two-view solutions are scored by their Sampson residuals truncated at this many times the inlier noise of the best-fitting solution (at most window_init_inlier_px): a wrong short-baseline solution that gains a few outliers but fits the static tracks worse then scores worse.", 1.0, 100.0),
     ParamSpec("window_init_rival_cost", 2.0, "Two-view solutions whose truncated (MSAC) cost exceeds the best one's by less than this many times the cost of one truncated residual are rivals: a provisional pose needs every rival to agree with it.", 0.0, 100.0),
@@ -517,7 +518,10 @@ class SlidingWindowEstimator:
                 T_wc = rot["T_wc"]
             elif self.state == TrackingState.LOST and self._history:
                 T_wc = geo.invert(self._predict(stamp_ns))
-            self._ref = dict(ids=ids, xn=xn, T_wc=T_wc, depth_target=ref["depth_target"], stamp=stamp_ns)
+            # Provisional two-view poses need a reference whose pose continues the published
+            # ones (``anchored``): not one re-anchored at the identity or extrapolated.
+            self._ref = dict(ids=ids, xn=xn, T_wc=T_wc, depth_target=ref["depth_target"], stamp=stamp_ns,
+                             anchored=rot is not None and ref.get("anchored", True))
             return self._not_initialised("reference frame renewed", rot, n)
         x1 = ref_xn[k[usable]]
         x2 = xn[usable]
@@ -785,6 +789,7 @@ class SlidingWindowEstimator:
         rel = init_depth_uncertainty(R, t, cov, np.sqrt(sigma2), x1[inl], x2[inl])
         depth_err = float(np.median(rel))
         self._init_depth_error = depth_err
+        tv["depth_err"] = depth_err
         if not depth_err <= c.window_init_max_depth_error:
             return (f"initial depths uncertain ({100 * depth_err:.0f}% median, translation direction "
                     f"+-{t_std:.1f} deg), waiting for parallax"), tv
@@ -834,10 +839,17 @@ class SlidingWindowEstimator:
         ``window_init_rival_cost`` outliers' cost must agree with it."""
         c = self.cfg
         cov = tv["cov"]
-        if cov is None:
+        if cov is None or not ref.get("anchored", True):
             return None
         cands = tv["cands"]
         R, t, inl = tv["R"], tv["t"], tv["inl"]
+        # Few or barely moving tracks (low texture): the covariance of a short baseline then
+        # understates the error; the points' depth uncertainty shows it.
+        if "depth_err" not in tv:
+            tv["depth_err"] = float(np.median(init_depth_uncertainty(
+                R, t, cov, np.sqrt(cands[0][5]), x1[inl], x2[inl])))
+        if not tv["depth_err"] <= c.window_provisional_max_depth_error:
+            return None
         ids_u = self._pending["ids"][usable]
         s, front, z = self._two_view_scale(ref, R, t, x1[inl], x2[inl], ids_u[inl])
         if s is None:
