@@ -16,6 +16,10 @@ Conventions:
   frame, whose pose continues the trajectory; the new map's scale is set so that its median depth
   in that frame equals the old map's median depth there, which keeps the scale roughly continuous
   but not exactly (the scale can drift at each re-initialisation).
+- Before a map exists (first initialisation, or after a loss) a frame gets a rotation-only pose
+  (translation held) while the camera barely translates, else a provisional two-view pose
+  w.r.t. the initialisation reference when that is determinate, else none; both are in the
+  world frame and scale that the map will have.
 - Pose covariance: 6x6 over (x, y, z, rx, ry, rz) of T_world_cam, position and rotation
   perturbations both in the world frame, in scene units and radians, from the pose-only
   Gauss-Newton's information matrix scaled by the measured residual variance.
