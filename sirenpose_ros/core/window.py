@@ -16,6 +16,10 @@ Conventions:
   frame, whose pose continues the trajectory; the new map's scale is set so that its median depth
   in that frame equals the old map's median depth there, which keeps the scale roughly continuous
   but not exactly (the scale can drift at each re-initialisation).
+- Before a map exists (first initialisation, or after a loss) a frame gets a rotation-only pose
+  (translation held) while the camera barely translates, else a provisional two-view pose
+  w.r.t. the initialisation reference when that is determinate, else none; both are in the
+  world frame and scale that the map will have.
 - Pose covariance: 6x6 over (x, y, z, rx, ry, rz) of T_world_cam, position and rotation
   perturbations both in the world frame, in scene units and radians, from the pose-only
   Gauss-Newton's information matrix scaled by the measured residual variance.
@@ -60,6 +64,12 @@ PARAMS = [
     ParamSpec("window_rotation_min_inlier_ratio", 0.6, "Rotation-only poses need this share of the usable tracks as inliers (a translating camera loses them as parallax grows).", 0.0, 1.0),
     ParamSpec("window_rotation_hypotheses", 64, "Two-point RANSAC hypotheses of the pure-rotation model.", 8, 2000),
     ParamSpec("window_rotation_translation_std", 0.5, "Standard deviation of each position coordinate of a rotation-only pose, in units of the reference's median scene depth (large: the translation is held, not measured).", 0.0, 1000.0),
+    ParamSpec("window_provisional_poses", True, "Before (re-)initialisation, when no rotation-only pose holds, publish the two-view pose of the frame w.r.t. the reference (essential matrix; translation scaled as the map will be: median depth of its inliers in the reference = the reference's depth target) if its position is determinate (window_provisional_max_position): frames before the map get a pose in the map's world frame and scale.", None, None),
+    ParamSpec("window_provisional_max_position", 0.002, "A provisional two-view pose is published only while its position uncertainty (1 sigma of the translation direction and of the scale, and the spread of rival two-view solutions) is below this share of the reference's median scene depth.", 0.0, 1.0),
+    ParamSpec("window_provisional_max_depth_error", 0.2, "A provisional two-view pose is published only while the median relative depth uncertainty of its points (see window_init_max_depth_error) is below this.", 0.001, 10.0),
+    ParamSpec("window_provisional_max_rotation_deg", 0.1, "A provisional two-view pose is published only while its rotation uncertainty (1 sigma, and the spread of rival solutions) is below this (degrees).", 0.0, 10.0),
+    ParamSpec("window_init_score_sigmas", 4.0, "Two-view solutions are scored by their Sampson residuals truncated at this many times the inlier noise of the best-fitting solution (at most window_init_inlier_px): a wrong short-baseline solution that gains a few outliers but fits the static tracks worse then scores worse.", 1.0, 100.0),
+    ParamSpec("window_init_rival_cost", 2.0, "Two-view solutions whose truncated (MSAC) cost exceeds the best one's by less than this many times the cost of one truncated residual are rivals: a provisional pose needs every rival to agree with it.", 0.0, 100.0),
     ParamSpec("window_coverage_cell_px", 32.0, "Cell size (pixels) for the spatial coverage of a model's inliers: with several rigid motions in view, the model supported over more of the image (the background) wins over a larger but compact moving object.", 4.0, 1000.0),
     ParamSpec("window_motion_span_frames", 3, "Before initialisation, tracks are tested against the dominant (widest-spread) pure rotation over this many frames; those that do not follow it are reported to the dynamic graph, so a moving object is kept out of the initialisation.", 1, 30),
     ParamSpec("window_static_world", False, "Ablation: ignore dynamic probabilities everywhere in the estimator (every track counts as static, no weighting, no culling).", None, None),
@@ -280,6 +290,14 @@ def init_depth_uncertainty(R, t, cov5, sigma, x1, x2) -> np.ndarray:
     alpha = np.radians(geo.ray_angle_deg(R, x1, x2))
     rel = np.sqrt(var / np.maximum(z0 * z0, 1e-300) + 2.0 * sigma * sigma / np.maximum(alpha * alpha, 1e-300))
     return np.where(np.isfinite(rel) & (z0 > 0), rel, np.inf)
+
+
+def _in_front_count(R, t, x1, x2) -> int:
+    """Number of correspondences triangulated in front of both views (cheirality)."""
+    T = geo.make_T(R, t)
+    X = geo.triangulate(np.eye(4)[:3], T[:3], x1, x2)
+    with np.errstate(invalid="ignore"):
+        return int(np.sum((X[:, 2] > 0) & (geo.transform(T, X)[:, 2] > 0)))
 
 
 def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarray,
@@ -528,17 +546,33 @@ class SlidingWindowEstimator:
                 T_wc = rot["T_wc"]
             elif self.state == TrackingState.LOST and self._history:
                 T_wc = geo.invert(self._predict(stamp_ns))
-            self._ref = dict(ids=ids, xn=xn, T_wc=T_wc, depth_target=ref["depth_target"], stamp=stamp_ns)
+            # Provisional two-view poses need a reference whose pose continues the published
+            # ones (``anchored``): not one re-anchored at the identity or extrapolated.
+            self._ref = dict(ids=ids, xn=xn, T_wc=T_wc, depth_target=ref["depth_target"], stamp=stamp_ns,
+                             anchored=rot is not None and ref.get("anchored", True))
             return self._not_initialised("reference frame renewed", rot, n)
         x1 = ref_xn[k[usable]]
         x2 = xn[usable]
-        flow = np.median(np.linalg.norm(x2 - x1, axis=1)) if x1.size else 0.0
-        if flow < np.tan(np.radians(c.window_init_min_parallax_deg)) or x1.shape[0] < c.window_init_min_points:
+        if x1.shape[0] < c.window_init_min_points:
             return self._not_initialised("waiting for parallax", rot, n)
-        rel = self._relative_pose(x1, x2)
-        if isinstance(rel, str):
-            return self._not_initialised(rel, rot, n)
-        R, t, inl = rel
+        # Without a rotation-only pose, the two-view geometry is worked out even on a short
+        # baseline: it may give this frame a provisional pose.
+        provisional = rot is None and c.window_provisional_poses
+        # The map itself waits until the image motion is large too: initialising on the first
+        # baseline that the two-view tests accept gave less accurate trajectories on the
+        # synthetic presets (the first keyframes stay fixed in the bundle adjustment), and the
+        # frames in between have provisional poses.
+        flow = float(np.median(np.linalg.norm(x2 - x1, axis=1)))
+        if flow < np.tan(np.radians(c.window_init_min_parallax_deg)) and not provisional:
+            return self._not_initialised("waiting for parallax", rot, n)
+        why, tv = self._relative_pose(x1, x2, early_exit=not provisional)
+        if why is None and flow < np.tan(np.radians(c.window_init_min_parallax_deg)):
+            why = "waiting for parallax"
+        if why is not None:
+            if provisional and tv is not None:
+                rot = self._provisional_pose(ref, tv, x1, x2, usable, n)
+            return self._not_initialised(why, rot, n)
+        R, t, inl = tv["R"], tv["t"], tv["inl"]
         T21 = geo.make_T(R, t)
         X1 = geo.triangulate(np.eye(4)[:3], T21[:3], x1, x2)
         good = inl & np.all(np.isfinite(X1), axis=1)
@@ -550,11 +584,15 @@ class SlidingWindowEstimator:
         par = geo.parallax_deg(np.zeros(3), geo.invert(T21)[:3, 3], X1s)
         good &= (z1 > 0) & (z2 > 0) & (e1 < c.window_inlier_px) & (e2 < c.window_inlier_px)
         good &= par > c.window_tri_min_parallax_deg
+        why = None
         if good.sum() < c.window_init_min_points:
-            return self._not_initialised(f"only {int(good.sum())} good points", rot, n)
-        med_par = float(np.median(geo.ray_angle_deg(R, x1[inl], x2[inl])))
-        if med_par < c.window_init_min_parallax_deg:
-            return self._not_initialised("waiting for parallax", rot, n)
+            why = f"only {int(good.sum())} good points"
+        elif float(np.median(geo.ray_angle_deg(R, x1[inl], x2[inl]))) < c.window_init_min_parallax_deg:
+            why = "waiting for parallax"
+        if why is not None:
+            if provisional:
+                rot = self._provisional_pose(ref, tv, x1, x2, usable, n)
+            return self._not_initialised(why, rot, n)
         # Scale convention: median landmark depth in the reference camera = depth_target.
         # The median runs over every inlier in front of both cameras, not only the well-
         # triangulated ones kept as landmarks: those are biased towards near points on a short
@@ -600,13 +638,16 @@ class SlidingWindowEstimator:
                             message=msg, reset=was_lost)
 
     def _not_initialised(self, why: str, rot: dict | None, n: int) -> PoseEstimate:
-        """Estimate of a frame that did not initialise: the rotation-only pose if there is one,
-        else no pose."""
+        """Estimate of a frame that did not initialise: the rotation-only or provisional
+        two-view pose if there is one, else no pose."""
         if rot is None:
             evidence = self._evidence if self._evidence is not None else np.full((n, 2), np.nan)
             return PoseEstimate(self.state, None, evidence, np.zeros(n, bool), np.zeros(n, bool),
                                 message="initialising: " + why)
-        rot["message"] = f"rotation-only tracking (translation held) while initialising: {why}"
+        if rot.get("two_view"):
+            rot["message"] = f"two-view pose (no map yet) while initialising: {why}"
+        else:
+            rot["message"] = f"rotation-only tracking (translation held) while initialising: {why}"
         self._pending["rot"] = rot
         return PoseEstimate(TrackingState.TRACKING, rot["T_wc"], rot["residual"], np.zeros(n, bool),
                             rot["inliers"], message=rot["message"])
@@ -680,10 +721,12 @@ class SlidingWindowEstimator:
         cov[3:, 3:] = R_wc @ (np.linalg.inv(H) * sigma2) @ R_wc.T
         return dict(T_wc=T_wc, cov=0.5 * (cov + cov.T), residual=residual, inliers=inl)
 
-    def _essential_candidates(self, x1, x2, use):
+    def _essential_candidates(self, x1, x2, use, early_exit=True):
         """Robust relative-pose estimates fitted on the correspondences ``use``, each polished
         on its inliers and scored (truncated MSAC cost over ``use``), best first; inliers are
-        evaluated on all correspondences. A string when the fitted set has too little parallax."""
+        evaluated on all correspondences. A string when the fitted set has too little parallax
+        (only with ``early_exit``); else (candidates, the score's truncation threshold in
+        normalized units)."""
         c = self.cfg
         tau = c.window_init_inlier_px / self._f
         a, b = x1[use], x2[use]
@@ -697,7 +740,8 @@ class SlidingWindowEstimator:
             inl = (np.abs(sampson_residuals(R, t.ravel(), x1, x2)) < tau) & use
             if inl.sum() < c.window_init_min_points:
                 continue
-            if not cands and np.median(geo.ray_angle_deg(R, a, b)) < c.window_init_min_parallax_deg:
+            if (early_exit and not cands
+                    and np.median(geo.ray_angle_deg(R, a, b)) < c.window_init_min_parallax_deg):
                 # Cheap early exit: too little rotation-free motion. The median is over all
                 # fitted correspondences, not only the model's inliers, so that points which
                 # barely move (and fit any model) count against initialising.
@@ -705,13 +749,31 @@ class SlidingWindowEstimator:
             R, t, H = refine_relative_pose(R, t.ravel(), x1[inl], x2[inl], 0.5 * tau)
             r = np.abs(sampson_residuals(R, t, x1, x2))
             inl = r < tau
-            cands.append((float(np.sum(np.minimum(r[use], tau) ** 2)), R, t, inl, H, float(np.mean(r[inl] ** 2))))
-        cands.sort(key=lambda k: k[0])
-        return cands
+            # The epipolar residual does not see the sign of t; recoverPose chose it by
+            # cheirality on the unpolished model, which on a short baseline (most points near
+            # infinity) can go either way. Choose it again on the polished one.
+            if _in_front_count(R, -t, x1[inl], x2[inl]) > _in_front_count(R, t, x1[inl], x2[inl]):
+                t = -t
+            cands.append((R, t, inl, H, float(np.mean(r[inl] ** 2)), r))
+        if not cands:
+            return [], tau
+        # Score truncation: the inlier threshold (a bound on the tracks' error that a model must
+        # meet) is several times the noise of good tracks. Truncating the score there lets a
+        # wrong short-baseline model that fits a few more outliers (e.g. the edge of a moving
+        # object) beat the right one, although it fits every static track worse. Truncating at
+        # a few sigma of the best-fitting candidate's inlier noise weighs those properly.
+        sigma = min(1.4826 * float(np.median(r[inl & use])) for _, _, inl, _, _, r in cands)
+        tau_s = float(np.clip(c.window_init_score_sigmas * sigma, 0.1 * tau, tau))
+        scored = [(float(np.sum(np.minimum(r[use], tau_s) ** 2)), R, t, inl, H, s2)
+                  for R, t, inl, H, s2, r in cands]
+        scored.sort(key=lambda k: k[0])
+        return scored, tau_s
 
-    def _relative_pose(self, x1, x2):
-        """Relative pose of view 2 w.r.t. view 1 (unit translation) and its inliers, or a string
-        saying why not yet.
+    def _relative_pose(self, x1, x2, early_exit=True):
+        """Two-view geometry of view 2 w.r.t. view 1: (why, tv). ``why`` is None when the
+        geometry is good enough to initialise, else a string saying why not yet; ``tv`` is
+        dict(R, t (unit), inl, cov (5x5 over rotation and translation direction), cands (all
+        solutions, best first)) or None when there is no solution at all.
 
         On a short baseline the essential matrix has near-equivalent solutions (translation
         direction off by ~10 degrees traded against rotation), and which one a RANSAC run returns
@@ -726,12 +788,14 @@ class SlidingWindowEstimator:
         """
         c = self.cfg
         use = np.ones(x1.shape[0], bool)
-        cands = self._essential_candidates(x1, x2, use)
+        cands = self._essential_candidates(x1, x2, use, early_exit)
         if isinstance(cands, str):
-            return cands
+            return cands, None
+        cands, tau_s = cands
         if not cands:
-            return "no essential matrix"
+            return "no essential matrix", None
         score, R, t, inl, H, sigma2 = cands[0]
+        tv = dict(R=R, t=t, inl=inl, cov=None, cands=cands, tau_s=tau_s)
         # Is the initial map worth building? Propagate the relative pose's covariance (from the
         # refinement's information matrix and the residual variance: a flat valley, rotation
         # traded against translation, means a too short baseline) and the image noise into the
@@ -739,7 +803,8 @@ class SlidingWindowEstimator:
         try:
             cov = np.linalg.inv(H) * sigma2
         except np.linalg.LinAlgError:
-            return "singular two-view geometry, waiting for parallax"
+            return "singular two-view geometry, waiting for parallax", tv
+        tv["cov"] = cov
         # Two minima scoring alike: ambiguous, unless they differ by less than the uncertainty
         # of the best one (then they are the same solution up to noise).
         t_std = float(np.degrees(np.sqrt(max(cov[3, 3] + cov[4, 4], 0.0))))
@@ -748,18 +813,122 @@ class SlidingWindowEstimator:
             differ = (np.degrees(np.arccos(np.clip(t @ t2, -1.0, 1.0))) > max(2.0, 3.0 * t_std)
                       or np.degrees(np.linalg.norm(geo.so3_log(R.T @ R2))) > max(0.2, 3.0 * r_std))
             if differ and s2 < 1.1 * score:
-                return "ambiguous two-view geometry, waiting for parallax"
+                return "ambiguous two-view geometry, waiting for parallax", tv
         rel = init_depth_uncertainty(R, t, cov, np.sqrt(sigma2), x1[inl], x2[inl])
         depth_err = float(np.median(rel))
         self._init_depth_error = depth_err
+        tv["depth_err"] = depth_err
         if not depth_err <= c.window_init_max_depth_error:
             return (f"initial depths uncertain ({100 * depth_err:.0f}% median, translation direction "
-                    f"+-{t_std:.1f} deg), waiting for parallax")
+                    f"+-{t_std:.1f} deg), waiting for parallax"), tv
         _, maskH = cv2.findHomography(x1, x2, cv2.RANSAC, c.window_init_inlier_px / self._f)
         nH = int(maskH.sum()) if maskH is not None else 0
         if nH >= c.window_init_homography_ratio * inl.sum():
-            return "homography explains the motion (rotation or plane)"
-        return R, t, inl
+            return "homography explains the motion (rotation or plane)", tv
+        return None, tv
+
+    def _two_view_scale(self, ref, R, t, x1, x2, ids_u=None):
+        """Scale of the unit translation t (view 2 w.r.t. the reference) that the map built from
+        this geometry would get, and the triangulated depths (in the reference) it rests on.
+
+        As at initialisation: the median depth of the points in front of both views is the
+        reference's depth target, unless (after a loss) the reference carries the old map's
+        depth of its tracks: then the median ratio of old to new depth (see :meth:`_rescale`)."""
+        T21 = geo.make_T(R, t)
+        X = geo.triangulate(np.eye(4)[:3], T21[:3], x1, x2)
+        fin = np.all(np.isfinite(X), axis=1)
+        Xs = np.where(fin[:, None], X, 0.0)
+        front = fin & (Xs[:, 2] > 0) & (geo.transform(T21, Xs)[:, 2] > 0)
+        if front.sum() < self.cfg.window_init_min_points:
+            return None, front, Xs[:, 2]
+        z = Xs[:, 2]
+        s = ref["depth_target"] / np.median(z[front])
+        if ref.get("depth") is not None and ids_u is not None:
+            k, hit = _lookup(np.sort(ref["ids"]), ids_u)
+            old = np.asarray(ref["depth"])[np.argsort(ref["ids"])][k]
+            both = hit & front & np.isfinite(old) & (old > 0)
+            if both.sum() >= self.cfg.window_min_inliers:
+                s = float(np.median(old[both] / z[both]))
+        return s, front, z
+
+    def _provisional_pose(self, ref, tv, x1, x2, usable, n) -> dict | None:
+        """Pose of a frame before (re-)initialisation from its two-view geometry w.r.t. the
+        reference, in the world frame and at the scale the map will have, or None when it is
+        not determinate enough.
+
+        The position is the scaled two-view baseline, so its error is the baseline's length
+        times the relative error of its direction and scale: on the short baselines before
+        initialisation it stays small even though the geometry is not yet good enough for a
+        map (whose depth errors would bias every later pose). Its uncertainty is taken from
+        the two-view covariance (direction; scale through the median depth of the points
+        re-triangulated at +-1 sigma along each principal axis) and from the rivals: on a
+        short baseline several solutions can fit nearly alike (rotation traded against
+        translation, the sign of t) and the best-scoring one may be wrong; all those within
+        ``window_init_rival_cost`` outliers' cost must agree with it."""
+        c = self.cfg
+        cov = tv["cov"]
+        if cov is None or not ref.get("anchored", True):
+            return None
+        cands = tv["cands"]
+        R, t, inl = tv["R"], tv["t"], tv["inl"]
+        # Few or barely moving tracks (low texture): the covariance of a short baseline then
+        # understates the error; the points' depth uncertainty shows it.
+        if "depth_err" not in tv:
+            tv["depth_err"] = float(np.median(init_depth_uncertainty(
+                R, t, cov, np.sqrt(cands[0][5]), x1[inl], x2[inl])))
+        if not tv["depth_err"] <= c.window_provisional_max_depth_error:
+            return None
+        ids_u = self._pending["ids"][usable]
+        s, front, z = self._two_view_scale(ref, R, t, x1[inl], x2[inl], ids_u[inl])
+        if s is None:
+            return None
+        C = -R.T @ t * s                  # camera centre in the reference frame
+        # Scale: relative change of the median depth under the pose's principal uncertainties.
+        lam, V = np.linalg.eigh(0.5 * (cov + cov.T))
+        basis = _tangent_basis(t)
+        m0 = np.median(z[front])
+        scale_var = 0.0
+        for j in range(5):
+            d = V[:, j] * np.sqrt(max(lam[j], 0.0))
+            R2, t2 = _perturb_relative(R, t, d, basis)
+            z2 = geo.triangulate(np.eye(4)[:3], geo.make_T(R2, t2)[:3], x1[inl][front], x2[inl][front])[:, 2]
+            ok = np.isfinite(z2) & (z2 > 0)
+            if ok.sum() < c.window_init_min_points:
+                return None
+            scale_var += (np.median(z2[ok]) / m0 - 1.0) ** 2
+        dir_var = max(cov[3, 3] + cov[4, 4], 0.0)
+        pos_std = float(np.linalg.norm(C) * np.sqrt(scale_var + dir_var))
+        rot_std = float(np.degrees(np.sqrt(max(np.trace(cov[:3, :3]), 0.0))))
+        # Rivals: alternative solutions that fit almost as well.
+        tau2 = tv["tau_s"] ** 2
+        spread_pos, spread_rot = 0.0, 0.0
+        for s2, R2, t2, inl2, *_ in cands[1:]:
+            if s2 > cands[0][0] + c.window_init_rival_cost * tau2:
+                continue
+            sc2, _, _ = self._two_view_scale(ref, R2, t2, x1[inl2], x2[inl2], ids_u[inl2])
+            if sc2 is None:         # most points behind a camera: not a valid alternative
+                continue
+            spread_pos = max(spread_pos, float(np.linalg.norm(-R2.T @ t2 * sc2 - C)))
+            spread_rot = max(spread_rot, float(np.degrees(np.linalg.norm(geo.so3_log(R.T @ R2)))))
+        pos_unc = max(pos_std, spread_pos)
+        if (pos_unc > c.window_provisional_max_position * ref["depth_target"]
+                or max(rot_std, spread_rot) > c.window_provisional_max_rotation_deg):
+            return None
+        T_ref_cur = geo.invert(geo.make_T(R, t * s))
+        T_wc = ref["T_wc"] @ T_ref_cur
+        # Covariance: isotropic position (world), rotation from the two-view information. The
+        # perturbation exp(d) R_cur_ref of the current camera's rotation is -d in its own frame.
+        R_wc = T_wc[:3, :3]
+        cov6 = np.zeros((6, 6))
+        cov6[:3, :3] = np.eye(3) * pos_unc ** 2
+        cov6[3:, 3:] = R_wc @ cov[:3, :3] @ R_wc.T
+        evidence = self._evidence if self._evidence is not None else np.full((n, 2), np.nan)
+        inliers = np.zeros(n, bool)
+        inliers[np.flatnonzero(usable)[inl]] = True
+        # The dynamic graph gets the same evidence as a frame without pose: the provisional
+        # pose changes what is published, not how the map will be initialised.
+        return dict(T_wc=T_wc, cov=0.5 * (cov6 + cov6.T), residual=evidence, inliers=inliers,
+                    two_view=True)
 
     def _rescale(self, T_w_ref: np.ndarray, ref: dict, z_before: float) -> None:
         """Scale the map about the reference camera (bundle adjustment with one fixed camera
