@@ -457,6 +457,20 @@ class Pipeline:
             rgb = np.full(len(xyz), 0x808080, np.uint32)
         return Cloud(xyz, rgb, p_dyn[ok].astype(np.float32), self._keypoint_velocity(ids[ok]))
 
+    def _dense_keypoint_values(self, cam, xn, p_dyn, ids, h, w):
+        """Dense (h, w) dynamic probability and (h, w, 4) [p, velocity] on the field's corner-
+        aligned grid: per keypoint its dynamic probability and world velocity (from the joint
+        refinement for dynamic tracks, zero for static ones), spread by nearest keypoint."""
+        W, H = cam.width, cam.height
+        u = (cam.fx * xn[:, 0] + cam.cx) * (w - 1) / (W - 1)
+        v = (cam.fy * xn[:, 1] + cam.cy) * (h - 1) / (H - 1)
+        radius = self.cfg.pipeline_dynamic_radius_px * (w - 1) / (W - 1)
+        values = np.column_stack([p_dyn.astype(np.float32), self._keypoint_velocity(ids)])
+        dense_kp = cloud_mod.densify_keypoint_values(np.stack([u, v], axis=1), values, h, w, radius)
+        dyn = np.where(np.isfinite(dense_kp[..., 0]), dense_kp[..., 0],
+                       self.cfg.graph_prior).astype(np.float32)
+        return dyn, dense_kp
+
     def _dense(self, frame, cam, xn, p_dyn, ids, wres, result, timings) -> None:
         cfg = self.cfg
         W, H = cam.width, cam.height
@@ -475,6 +489,14 @@ class Pipeline:
         inv = self.field.render(time_s, h, w)
         with np.errstate(divide="ignore", invalid="ignore"):
             dense_depth = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
+        dense_kp = None
+        if cfg.field_occluder_bound:
+            # Moving objects have no keypoint depth: the field shows the background behind
+            # them. They occlude that background, so cap them at the depth around them.
+            dyn, dense_kp = self._dense_keypoint_values(cam, xn, p_dyn, ids, h, w)
+            dense_depth = field_mod.occluder_depth_bound(
+                dense_depth, dyn > cfg.cloud_dynamic_threshold, cfg.field_occluder_percentile,
+                cfg.field_occluder_rim_px * (w - 1) / (W - 1))
         timings["field"] = (time.perf_counter() - t0) * 1e3
         result.depth = dense_depth
         result.depth_scale = frame.camera.width / w
@@ -490,14 +512,8 @@ class Pipeline:
             # Area averaging (cv2.resize grid); it differs from the corner-aligned grid by under
             # half a small pixel, which only matters for colour at depth edges.
             rgb_small = cv2.resize(frame.rgb, (w, h), interpolation=cv2.INTER_AREA)
-        u = (cam.fx * xn[:, 0] + cam.cx) * (w - 1) / (W - 1)
-        v = (cam.fy * xn[:, 1] + cam.cy) * (h - 1) / (H - 1)
-        radius = cfg.pipeline_dynamic_radius_px * (w - 1) / (W - 1)
-        # Per keypoint: dynamic probability and world velocity (from the joint refinement for
-        # dynamic tracks, zero for static ones), spread to the grid by nearest keypoint.
-        values = np.column_stack([p_dyn.astype(np.float32), self._keypoint_velocity(ids)])
-        dense_kp = cloud_mod.densify_keypoint_values(np.stack([u, v], axis=1), values, h, w, radius)
-        dyn = np.where(np.isfinite(dense_kp[..., 0]), dense_kp[..., 0], cfg.graph_prior).astype(np.float32)
+        if dense_kp is None:
+            dyn, dense_kp = self._dense_keypoint_values(cam, xn, p_dyn, ids, h, w)
         velocity = np.nan_to_num(dense_kp[..., 1:]).astype(np.float32)
         result.dynamic_map = dyn
         cloud = cloud_mod.backproject(dense_depth, K_small, wres.T_world_cam, rgb_small, dyn, velocity,
