@@ -515,6 +515,7 @@ class XFeatDetector:
             self._inner[border] = inner
         return self._inner[border]
 
+    @torch.inference_mode()
     def preprocess(self, gray: np.ndarray) -> torch.Tensor:
         """HxW uint8 -> (1, 1, h, w) float32 in [0, 1] at the network size (area-averaged when
         shrinking, so the network sees no aliasing). The device copy goes into one buffer."""
