@@ -362,6 +362,18 @@ def network_size(width: int, height: int, max_width: int) -> tuple[int, int]:
     return w, h
 
 
+_CONSTS: dict = {}
+
+
+def _const(values: tuple[float, ...], device, dtype=torch.float32) -> torch.Tensor:
+    """A small constant tensor on ``device``, made once. ``torch.tensor(..., device='cuda')``
+    per call copies from pageable host memory, and that copy waits for all queued GPU work."""
+    key = (values, str(device), dtype)
+    if key not in _CONSTS:
+        _CONSTS[key] = torch.tensor(values, device=device, dtype=dtype)
+    return _CONSTS[key]
+
+
 def _sample(fmap: torch.Tensor, px: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     """Values of ``fmap`` (1, C, h, w) at pixel positions ``px`` (N, 2) of a (W, H) image -> (N, C).
 
@@ -369,7 +381,7 @@ def _sample(fmap: torch.Tensor, px: torch.Tensor, size: tuple[int, int], mode: s
     convention, which its descriptors and LighterGlue were trained with.
     """
     w, h = size
-    scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], device=px.device, dtype=px.dtype)
+    scale = _const((2.0 / (w - 1), 2.0 / (h - 1)), px.device, px.dtype)
     grid = (px * scale - 1.0).view(1, 1, -1, 2).to(fmap.dtype)
     out = F.grid_sample(fmap, grid, mode=mode, align_corners=False)     # (1, C, 1, N)
     return out[0, :, 0].t()
@@ -488,11 +500,17 @@ class XFeatDetector:
         v, u = torch.meshgrid(torch.arange(h, device=self.device), torch.arange(w, device=self.device),
                               indexing="ij")
         self._pix = torch.stack([u.reshape(-1), v.reshape(-1)], 1).float()        # (h w, 2)
-        scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], device=self.device)
+        scale = _const((2.0 / (w - 1), 2.0 / (h - 1)), self.device)
         self._pix_grid = (self._pix * scale - 1.0).view(1, h, w, 2)
         self._cell_tables: dict[tuple[int, int], torch.Tensor] = {}
         self._inner: dict[int, torch.Tensor] = {}
-        self._gray = None                   # device copy of the input image (allocated once)
+        # The input image on the device, and on CUDA a pinned staging copy: the upload is then
+        # an asynchronous copy (a pageable one would wait for all queued GPU work).
+        self._gray = torch.empty((h, w), dtype=torch.uint8, device=self.device)
+        self._staging = self._uploaded = None
+        if self.device.type == "cuda":
+            self._staging = torch.empty((h, w), dtype=torch.uint8).pin_memory()
+            self._uploaded = torch.cuda.Event()
 
     def _cell_table(self, grid: tuple[int, int]) -> torch.Tensor:
         """(cells, P) flat pixel indices of each grid cell, padded with h*w (a sentinel slot)."""
@@ -523,9 +541,13 @@ class XFeatDetector:
         if gray.shape[1] != w or gray.shape[0] != h:
             shrink = gray.shape[1] > w
             gray = cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        if self._gray is None:
-            self._gray = torch.empty((h, w), dtype=torch.uint8, device=self.device)
-        self._gray.copy_(torch.from_numpy(np.ascontiguousarray(gray)))
+        if self._staging is None:
+            self._gray.copy_(torch.from_numpy(np.ascontiguousarray(gray)))
+        else:
+            self._uploaded.synchronize()        # the previous upload has left the staging buffer
+            self._staging.numpy()[...] = gray
+            self._gray.copy_(self._staging, non_blocking=True)
+            self._uploaded.record()
         return (self._gray.float() * (1.0 / 255.0))[None, None]
 
     @torch.inference_mode()
@@ -567,7 +589,7 @@ class XFeatDetector:
         desc = F.normalize(_sample(F.normalize(feats.float(), dim=1), xy, (w, h), "bicubic"), dim=-1)
         # Network pixels -> input pixels (pixel centres at integers in both).
         W, H = self.image_size
-        s = torch.tensor([W / w, H / h], device=xy.device)
+        s = _const((W / w, H / h), xy.device)
         px = (xy + 0.5) * s - 0.5
         return Keypoints(px=px, px_net=xy, scores=scores, desc=desc, valid=valid, net_size=(w, h))
 
@@ -575,7 +597,7 @@ class XFeatDetector:
 def normalize_keypoints(px: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """LightGlue's keypoint normalisation: centred, divided by half the longer image side."""
     w, h = size
-    centre = torch.tensor([w / 2.0, h / 2.0], device=px.device)
+    centre = _const((w / 2.0, h / 2.0), px.device)
     return (px - centre) / (max(w, h) / 2.0)
 
 
