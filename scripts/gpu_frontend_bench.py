@@ -68,7 +68,7 @@ def run_case(grays, device: str, backend: str, top_k: int, matcher: str, n_frame
             cand = fe.detect(g, n_cand)
             sync()
             t1 = time.perf_counter()
-            fe.match(fe._pool, cand)
+            fe.match(fe._pool, cand, fe._pool_count)
             sync()
             t2 = time.perf_counter()
             if timed:
@@ -103,7 +103,10 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=10, help="untimed frames first (graph capture, autotuning)")
     ap.add_argument("--preset", default="easy")
     ap.add_argument("--render-frames", type=int, default=30, help="distinct frames rendered (then looped)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     w, h = (int(v) for v in args.size.lower().split("x"))

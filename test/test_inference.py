@@ -589,6 +589,17 @@ def test_masked_lighterglue_onnxruntime_matches_torch(cache_dir):
             clear = (top2[:, 0] - top2[:, 1]) > 1e-3
             assert clear.sum() > 0.9 * m
             assert torch.equal(got[0, :m, :n].argmax(1)[clear], want[0, :m, :n].argmax(1)[clear])
+    # The CPU variant: the same masked network with symbolic point counts, run on leading rows.
+    dyn = learned.lighterglue_spec(None, 64, 48, dynamic=True)
+    assert trt_mod.derive_shape_profiles(dyn, [tuple(t.shape) for t in dyn.example_inputs()])["mask1"] == \
+        ((1, 1), (1, 48), (1, 48))
+    runner = make_runner(dyn, "onnxruntime", "cpu", cache_dir)
+    for rows0, rows1, m, n in ((30, 48, 25, 48), (64, 11, 64, 9)):
+        inputs = _masked_lg_inputs(spec, m, n, seed=rows0)
+        trimmed = [t[:, :rows0] for t in inputs[:3]] + [t[:, :rows1] for t in inputs[3:]]
+        (got,), (want,) = runner(*trimmed), ref(*inputs)
+        assert tuple(got.shape) == (1, rows0, rows1)
+        assert rel_err((got[0, :m, :n],), (want[0, :m, :n],)) < FP32_REL_TOL
 
 
 def test_masked_lighterglue_is_static_for_cuda_graphs_and_tensorrt():
@@ -660,6 +671,15 @@ def test_matcher_feeds_one_set_of_fixed_buffers():
     assert [s for _, s, _ in rec.calls[0]] == [tuple(t.shape) for t in spec.example_inputs()]
     with pytest.raises(ValueError, match="built for"):
         matcher.match(kps(41, 41), kps(5, 5))
+    # The dynamic (CPU) variant gets only the rows the caller says may be valid, same matches.
+    dyn = _RecordingRunner(learned.lighterglue_spec(None, 40, 32, dynamic=True))
+    dyn_matcher = learned.LighterGlueMatcher(dyn)
+    a, b = kps(40, 23), kps(32, 32)
+    j, ok, _ = matcher.match(a, b, 0.0)
+    j2, ok2, _ = dyn_matcher.match(a, b, 0.0, rows0=23)
+    assert [s for _, s, _ in dyn.calls[-1]] == [(1, 23, 2), (1, 23, 64), (1, 23), (1, 32, 2), (1, 32, 64), (1, 32)]
+    assert ok2.shape == (40,) and torch.equal(ok, ok2) and torch.equal(j[ok], j2[ok2])
+    assert not dyn_matcher.match(a, b, 0.0, rows0=0)[1].any()
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")

@@ -276,8 +276,15 @@ def lighterglue_sizes(top_k: int, candidate_factor: float) -> tuple[int, int]:
     return 2 * int(top_k), int(math.ceil(int(top_k) * max(1.0, float(candidate_factor))))
 
 
-def lighterglue_spec(weights=None, max_points0: int = 1024, max_points1: int = 1024) -> ModelSpec:
-    """LighterGlue with inputs padded to ``max_points0`` / ``max_points1`` keypoints and masks."""
+def lighterglue_spec(weights=None, max_points0: int = 1024, max_points1: int = 1024,
+                     dynamic: bool = False) -> ModelSpec:
+    """LighterGlue with inputs padded to ``max_points0`` / ``max_points1`` keypoints and masks.
+
+    ``dynamic=False`` (CUDA): fixed shapes for CUDA graphs and a static TensorRT engine.
+    ``dynamic=True`` (CPU): the same masked network with symbolic point counts, so CPU runtimes,
+    which gain nothing from fixed shapes, can be handed only the leading rows that may be valid
+    (the frontend's pool is rarely full) instead of paying attention on all padded slots.
+    """
     path = Path(weights or default_lighterglue_weights())
     if not path.is_file():
         load_weights(path)        # raises the clear error now, not when a runner builds it
@@ -296,14 +303,23 @@ def lighterglue_spec(weights=None, max_points0: int = 1024, max_points1: int = 1
         mask1 = (torch.arange(n) < max(1, (2 * n) // 3)).float()[None]
         return k0, d0, mask0, k1, d1, mask1
 
+    names = ("kpts0", "desc0", "mask0", "kpts1", "desc1", "mask1")
+    axes, profiles = {}, {}
+    if dynamic:
+        axes = {name: {1: f"num_kpts{name[-1]}"} for name in names}
+        axes["log_assignment"] = {1: "num_kpts0", 2: "num_kpts1"}
+        for name, t in zip(names, example()):
+            hi = tuple(t.shape)
+            profiles[name] = ((1, 1) + hi[2:], hi, hi)
     return ModelSpec(
-        name=f"xfeat_lighterglue_masked_{m}x{n}",
+        name=f"xfeat_lighterglue_masked_{m}x{n}" + ("_dyn" if dynamic else ""),
         build=lambda: build_lighterglue(path),
         example_inputs=example,
-        input_names=("kpts0", "desc0", "mask0", "kpts1", "desc1", "mask1"),
+        input_names=names,
         output_names=("log_assignment",),
-        dynamic_axes={},
+        dynamic_axes=axes,
         weights_id=file_sha256(path),
+        shape_profiles=profiles,
     )
 
 
@@ -659,15 +675,26 @@ class LighterGlueMatcher:
             mask[0, n:] = 0.0
 
     @torch.inference_mode()
-    def match(self, kp0: Keypoints, kp1: Keypoints, min_conf: float = 0.1):
-        """Per row of ``kp0``: (j, ok, prob) as :func:`filter_assignment`."""
+    def match(self, kp0: Keypoints, kp1: Keypoints, min_conf: float = 0.1, rows0: int | None = None):
+        """Per row of ``kp0``: (j, ok, prob) as :func:`filter_assignment`. ``rows0``: the caller
+        knows that rows of ``kp0`` from there on are padding; a dynamic-shape runner then gets
+        only the rows before it (a fixed-shape one gets all, masked)."""
         m, n = len(kp0), len(kp1)
-        if m == 0 or n == 0:
+        use0 = m if rows0 is None else max(0, min(m, int(rows0)))
+        if use0 == 0 or n == 0:
             return _no_matches(m, self.device)
         self._fill(0, kp0)
         self._fill(1, kp1)
-        (la,) = self.runner(*self._inputs)
-        return filter_assignment(la[0, :m, :n].float(), min_conf, kp0.valid, kp1.valid)
+        inputs = self._inputs
+        if self.runner.spec.dynamic_axes:
+            inputs = tuple(t[:, :use0] for t in inputs[:3]) + tuple(t[:, :n] for t in inputs[3:])
+        (la,) = self.runner(*inputs)
+        j, ok, prob = filter_assignment(la[0, :use0, :n].float(), min_conf, kp0.valid[:use0], kp1.valid)
+        if use0 < m:
+            pad = m - use0
+            j, ok, prob = torch.cat([j, j.new_zeros(pad)]), torch.cat([ok, ok.new_zeros(pad)]), \
+                torch.cat([prob, prob.new_zeros(pad)])
+        return j, ok, prob
 
 
 @torch.inference_mode()

@@ -31,7 +31,7 @@ import torch
 from sirenpose_ros.core import learned
 from sirenpose_ros.core.frontend import Tracks
 from sirenpose_ros.core.params import ParamSpec
-from sirenpose_ros.inference.runtime import make_runner
+from sirenpose_ros.inference.runtime import cuda_available, make_runner
 
 PARAMS = [
     ParamSpec("xfeat_top_k", 512, "Keypoints detected per frame (e.g. 512 at 320x240, 1024 at 640x480).", 16, 8192),
@@ -76,8 +76,11 @@ class XFeatFrontend:
         self._matcher = None
         if cfg.xfeat_matcher == "lighterglue":
             # Fixed maxima: the pool (<= 2 x top_k) against the candidates (top_k x factor).
+            # Fixed shapes on CUDA (graphs, static engines); on the CPU the same masked network
+            # with dynamic point counts, handed only the pool rows in use.
+            device = cfg.xfeat_device if cfg.xfeat_device != "auto" else ("cuda" if cuda_available() else "cpu")
             spec = learned.lighterglue_spec(self._lg_weights, *learned.lighterglue_sizes(
-                int(cfg.xfeat_top_k), float(cfg.xfeat_candidate_factor)))
+                int(cfg.xfeat_top_k), float(cfg.xfeat_candidate_factor)), dynamic=device == "cpu")
             self._matcher = learned.LighterGlueMatcher(make_runner(spec, cfg.xfeat_backend, cfg.xfeat_device))
         self._grid = (int(cfg.xfeat_grid_cols), int(cfg.xfeat_grid_rows))
         self.last_timings: dict[str, float] = {}
@@ -118,10 +121,11 @@ class XFeatFrontend:
             gray, int(top_k or cfg.xfeat_top_k), float(cfg.xfeat_detection_threshold),
             int(cfg.xfeat_nms_radius_px), int(cfg.xfeat_border_px), self._grid, bool(cfg.xfeat_subpixel))
 
-    def match(self, kp0: learned.Keypoints, kp1: learned.Keypoints):
-        """(j, ok), each (len(kp0),): row i of kp0 matches row j[i] of kp1 where ok[i]."""
+    def match(self, kp0: learned.Keypoints, kp1: learned.Keypoints, rows0: int | None = None):
+        """(j, ok), each (len(kp0),): row i of kp0 matches row j[i] of kp1 where ok[i].
+        ``rows0``: rows of kp0 from there on are known to be padding."""
         if self._matcher is not None:
-            j, ok, _ = self._matcher.match(kp0, kp1, float(self.cfg.xfeat_match_threshold))
+            j, ok, _ = self._matcher.match(kp0, kp1, float(self.cfg.xfeat_match_threshold), rows0)
         else:
             j, ok, _ = learned.match_mnn(kp0.desc, kp1.desc, float(self.cfg.xfeat_mnn_min_cossim),
                                          kp0.valid, kp1.valid)
@@ -152,7 +156,8 @@ class XFeatFrontend:
         # src[c]: the pool row candidate c continues, -1 for none (matches are one-to-one).
         src = torch.full((n + 1,), -1, dtype=torch.long, device=dev)
         if have_pool:
-            j, ok = self.match(self._pool, cand)
+            # The pool's valid rows come first, and their count came back with the last tracks.
+            j, ok = self.match(self._pool, cand, self._pool_count)
             src.scatter_(0, torch.where(ok, j, n), torch.arange(m, device=dev))
         else:
             j = ok = torch.zeros(m, dtype=torch.bool, device=dev)
@@ -195,6 +200,8 @@ class XFeatFrontend:
         out_age = packed[k:k + n_out].astype(np.int32)
         out_px = packed[2 * k:4 * k].reshape(k, 2)[:n_out].astype(np.float32)
         self._next_id += int(np.sum(out_age == 0))
+        # Host time to queue each stage; on CUDA the device may still be running it (the copy
+        # above waited for all of it).
         self.last_timings = {"detect_ms": (t1 - t0) * 1e3, "match_ms": (t2 - t1) * 1e3}
         return Tracks(out_ids, out_px, out_age)
 
