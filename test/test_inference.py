@@ -721,3 +721,13 @@ def test_frontend_on_cuda_graphs_tracks_like_cpu():
         common, ia, ib = np.intersect1d(a.ids, b.ids, return_indices=True)
         assert len(common) >= 0.95 * len(a)
         assert np.median(np.abs(a.px[ia] - b.px[ib])) < 1e-3
+
+
+def test_export_tool_lists_masked_lighterglue_per_top_k():
+    _learned()
+    from sirenpose_ros.tools.export_models import known_specs
+    specs = known_specs([(320, 224)], [512, 100], 1.5)
+    assert [label for label, _ in specs] == ["xfeat 320x224", "lighterglue 1024x768", "lighterglue 200x150"]
+    lg = specs[1][1]
+    assert lg.name == "xfeat_lighterglue_masked_1024x768" and not lg.dynamic_axes
+    assert [tuple(t.shape) for t in lg.example_inputs()][2::3] == [(1, 1024), (1, 768)]

@@ -412,7 +412,7 @@ def grid_cells(xy: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]) -
     return cy * gc + cx
 
 
-def _count_cells(cells: torch.Tensor, n_cells: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+def count_cells(cells: torch.Tensor, n_cells: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-cell counts. ``torch.bincount`` would read the maximum back to the host on CUDA."""
     ones = torch.ones_like(cells) if weights is None else weights.to(cells.dtype)
     return torch.zeros(n_cells, dtype=cells.dtype, device=cells.device).index_add_(0, cells, ones)
@@ -421,7 +421,7 @@ def _count_cells(cells: torch.Tensor, n_cells: int, weights: torch.Tensor | None
 def _grid_rank(cells: torch.Tensor, n_cells: int) -> torch.Tensor:
     """Rank of each element among the elements of its cell, in the given order (0 = first)."""
     sorted_cells, perm = torch.sort(cells, stable=True)
-    counts = _count_cells(cells, n_cells)
+    counts = count_cells(cells, n_cells)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(cells)
     rank[perm] = torch.arange(cells.numel(), device=cells.device) - starts[sorted_cells]
@@ -534,7 +534,7 @@ class XFeatDetector:
             w, h = self.net_size
             n_cells = grid[0] * grid[1]
             cells = grid_cells(self._pix, (w, h), grid)
-            counts = _count_cells(cells, n_cells)
+            counts = count_cells(cells, n_cells)
             table = torch.full((n_cells, int(counts.max())), h * w, dtype=torch.long, device=self.device)
             sorted_cells, perm = torch.sort(cells, stable=True)
             table[sorted_cells, _grid_rank(cells, n_cells)[perm]] = perm
@@ -644,6 +644,15 @@ def filter_assignment(log_assignment: torch.Tensor, min_conf: float, valid0: tor
     return j, ok & (prob > min_conf), prob
 
 
+def pad_matches(matches, rows: int):
+    """Per-row matches (j, ok, score) of leading rows, extended to ``rows`` with no-match rows."""
+    j, ok, score = matches
+    pad = rows - len(j)
+    if pad <= 0:
+        return j, ok, score
+    return torch.cat([j, j.new_zeros(pad)]), torch.cat([ok, ok.new_zeros(pad)]), torch.cat([score, score.new_zeros(pad)])
+
+
 def compact_matches(j: torch.Tensor, ok: torch.Tensor):
     """(idx0, idx1) of the accepted matches (data-dependent size: waits for the device)."""
     i = torch.nonzero(ok)[:, 0]
@@ -689,12 +698,7 @@ class LighterGlueMatcher:
         if self.runner.spec.dynamic_axes:
             inputs = tuple(t[:, :use0] for t in inputs[:3]) + tuple(t[:, :n] for t in inputs[3:])
         (la,) = self.runner(*inputs)
-        j, ok, prob = filter_assignment(la[0, :use0, :n].float(), min_conf, kp0.valid[:use0], kp1.valid)
-        if use0 < m:
-            pad = m - use0
-            j, ok, prob = torch.cat([j, j.new_zeros(pad)]), torch.cat([ok, ok.new_zeros(pad)]), \
-                torch.cat([prob, prob.new_zeros(pad)])
-        return j, ok, prob
+        return pad_matches(filter_assignment(la[0, :use0, :n].float(), min_conf, kp0.valid[:use0], kp1.valid), m)
 
 
 @torch.inference_mode()
@@ -705,9 +709,15 @@ def match_mnn(desc0: torch.Tensor, desc1: torch.Tensor, min_cossim: float = 0.82
     m, n = len(desc0), len(desc1)
     if m == 0 or n == 0:
         return _no_matches(m, desc0.device)
-    valid0 = torch.ones(m, dtype=torch.bool, device=desc0.device) if valid0 is None else valid0
-    valid1 = torch.ones(n, dtype=torch.bool, device=desc0.device) if valid1 is None else valid1
+    sim = desc0 @ desc1.t()
     # Padding scores -3, below any cosine: valid rows and columns never pick it.
-    sim = torch.where(valid0[:, None] & valid1[None, :], desc0 @ desc1.t(), -3.0)
+    if valid0 is None:
+        valid0 = torch.ones(m, dtype=torch.bool, device=desc0.device)
+    else:
+        sim.masked_fill_(~valid0[:, None], -3.0)
+    if valid1 is None:
+        valid1 = torch.ones(n, dtype=torch.bool, device=desc0.device)
+    else:
+        sim.masked_fill_(~valid1[None, :], -3.0)
     j, best, ok = _mutual_best(sim, valid0, valid1)
     return j, ok & (best > min_cossim), best

@@ -126,9 +126,11 @@ class XFeatFrontend:
         ``rows0``: rows of kp0 from there on are known to be padding."""
         if self._matcher is not None:
             j, ok, _ = self._matcher.match(kp0, kp1, float(self.cfg.xfeat_match_threshold), rows0)
-        else:
-            j, ok, _ = learned.match_mnn(kp0.desc, kp1.desc, float(self.cfg.xfeat_mnn_min_cossim),
-                                         kp0.valid, kp1.valid)
+        else:      # eager ops: leading rows only, whatever the device
+            use0 = len(kp0) if rows0 is None else max(0, min(len(kp0), int(rows0)))
+            j, ok, _ = learned.pad_matches(learned.match_mnn(
+                kp0.desc[:use0], kp1.desc, float(self.cfg.xfeat_mnn_min_cossim), kp0.valid[:use0], kp1.valid),
+                len(kp0))
         return j, ok
 
     @torch.inference_mode()
@@ -174,7 +176,7 @@ class XFeatFrontend:
         # Rows: continued tracks first (in pool order, or by score when some were cut), then the
         # best free candidates spread over the grid around them.
         cells = learned.grid_cells(cand.px_net, cand.net_size, self._grid)
-        used = learned._count_cells(cells, self._grid[0] * self._grid[1], cont)
+        used = learned.count_cells(cells, self._grid[0] * self._grid[1], cont)
         sel, picked = learned.select_spread(cand.px_net, cand.scores, cand.valid & ~cont, k - n_cont, k,
                                             cand.net_size, self._grid, used)
         first_new, unused = max(m, n) + 1, 2 * (max(m, n) + 1) + n
