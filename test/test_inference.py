@@ -701,26 +701,27 @@ def test_masked_lighterglue_cuda_graph_matches_cpu():
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 def test_frontend_on_cuda_graphs_tracks_like_cpu():
     """The whole learned frontend on CUDA (graph-captured networks, device-side bookkeeping)
-    gives the CPU's tracks up to float ties."""
+    gives the CPU's tracks up to float rounding (cuDNN may use TF32, so compare positions and
+    continuation counts, not ids: a swapped pair of near-equal scores renumbers later ids)."""
+    import cv2
     import numpy as np
     from sirenpose_ros.core import xfeat_frontend as xf
     from sirenpose_ros.core.config import Config
     from sirenpose_ros.core.params import validate
     from sirenpose_ros.synth.sequence import render_sequence
     _learned()
-    import cv2
     seq = render_sequence("easy", seed=0, n_frames=4, width=320, height=240)
     grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in seq.rgb]
     fronts = [xf.XFeatFrontend(Config(validate(xf.PARAMS, {"xfeat_device": dev, "xfeat_backend": be,
                                                            "xfeat_top_k": 256})))
               for dev, be in (("cpu", "torch"), ("cuda", "torch-cudagraph"))]
-    assert any(r.backend == "torch-cudagraph" for r in fronts[1].runners)
+    assert {r.backend for r in fronts[1].runners} == {"torch-cudagraph"}
     for g in grays:
         a, b = (fe.track(g) for fe in fronts)
-        assert abs(len(a) - len(b)) <= 2
-        common, ia, ib = np.intersect1d(a.ids, b.ids, return_indices=True)
-        assert len(common) >= 0.95 * len(a)
-        assert np.median(np.abs(a.px[ia] - b.px[ib])) < 1e-3
+        assert len(a) == len(b) == 256
+        d = np.linalg.norm(a.px[:, None] - b.px[None], axis=2).min(1)
+        assert np.mean(d < 0.05) > 0.9
+        assert abs(int((a.age > 0).sum()) - int((b.age > 0).sum())) <= 0.05 * len(a)
 
 
 def test_export_tool_lists_masked_lighterglue_per_top_k():

@@ -14,14 +14,16 @@ ONNX Runtime and TensorRT runners are interchangeable. The exported graphs hold 
 - ``xfeat_dense_<W>x<H>``: image (1, 1, H, W) in [0, 1] -> dense descriptors (1, 64, H/8, W/8),
   keypoint logits (1, 65, H/8, W/8), reliability (1, 1, H/8, W/8). One fixed size per session
   (H, W multiples of 32), so TensorRT builds one static engine.
-- ``xfeat_lighterglue_<M>x<N>``: normalised keypoints, descriptors and validity masks of two
-  images padded to fixed maxima M, N -> log assignment (1, M, N). Static shapes: one CUDA graph
-  or one static TensorRT engine serves every frame, and the frontend keeps its input buffers.
+- ``xfeat_lighterglue_masked_<M>x<N>``: normalised keypoints, descriptors and validity masks of
+  two images padded to fixed maxima M, N -> log assignment (1, M, N). Static shapes on CUDA: one
+  CUDA graph or one static TensorRT engine serves every frame, and the matcher keeps its input
+  buffers. The CPU variant (``..._dyn``) is the same network with symbolic point counts, handed
+  only the rows that may be valid (CPU runtimes gain nothing from fixed shapes).
   Padded entries are masked out of self/cross attention and out of both log-softmaxes with a
   finite additive bias (:data:`MASK_BIAS`, representable in fp16), so on the valid block the
   output equals the unpadded network's; every entry involving a padded point is <= MASK_BIAS, so
-  match filtering never picks one. The quadratic attention cost is spent on the padded slots,
-  which is cheap next to the per-kernel launch overhead a graph/engine removes.
+  match filtering never picks one. On the GPU the quadratic attention cost of the padded slots
+  is cheap next to the per-kernel launch overhead a graph/engine removes.
 
 Everything else (resize, heatmap decoding, NMS, grid-bucketed top-K, sub-pixel refinement,
 descriptor sampling, match filtering) is vectorised torch here, on the runner's device, with fixed
