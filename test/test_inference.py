@@ -732,3 +732,31 @@ def test_export_tool_lists_masked_lighterglue_per_top_k():
     lg = specs[1][1]
     assert lg.name == "xfeat_lighterglue_masked_1024x768" and not lg.dynamic_axes
     assert [tuple(t.shape) for t in lg.example_inputs()][2::3] == [(1, 1024), (1, 768)]
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("matcher", ["lighterglue", "mnn"])
+def test_frontend_detect_and_match_never_wait_for_the_gpu(matcher):
+    """detect and match only queue work (torch's sync debug mode raises on any host wait); the
+    frame's one wait is the copy of the tracks at the end of track()."""
+    import numpy as np
+    from sirenpose_ros.core import xfeat_frontend as xf
+    from sirenpose_ros.core.config import Config
+    from sirenpose_ros.core.params import validate
+    _learned()
+    import cv2
+    from sirenpose_ros.synth.sequence import render_sequence
+    g = cv2.cvtColor(render_sequence("easy", seed=0, n_frames=1, width=320, height=240).rgb[0], cv2.COLOR_RGB2GRAY)
+    fe = xf.XFeatFrontend(Config(validate(xf.PARAMS, {"xfeat_device": "cuda", "xfeat_backend": "torch-cudagraph",
+                                                      "xfeat_top_k": 128, "xfeat_matcher": matcher})))
+    fe.track(g)
+    fe.track(g)                          # runners built, graphs captured, tables made
+    fe.detect(g, 256)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        cand = fe.detect(g, 256)
+        j, ok = fe.match(fe._pool, cand, fe._pool_count)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert int(ok.sum()) > 64            # the same frame again: most of the pool matches

@@ -562,7 +562,8 @@ class XFeatDetector:
         if self._staging is None:
             self._gray.copy_(torch.from_numpy(np.ascontiguousarray(gray)))
         else:
-            self._uploaded.synchronize()        # the previous upload has left the staging buffer
+            if not self._uploaded.query():      # the previous upload must have left the buffer
+                self._uploaded.synchronize()    # (it has, in practice: the tracks' copy waited)
             self._staging.numpy()[...] = gray
             self._gray.copy_(self._staging, non_blocking=True)
             self._uploaded.record()
