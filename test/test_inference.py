@@ -739,7 +739,6 @@ def test_export_tool_lists_masked_lighterglue_per_top_k():
 def test_frontend_detect_and_match_never_wait_for_the_gpu(matcher):
     """detect and match only queue work (torch's sync debug mode raises on any host wait); the
     frame's one wait is the copy of the tracks at the end of track()."""
-    import numpy as np
     from sirenpose_ros.core import xfeat_frontend as xf
     from sirenpose_ros.core.config import Config
     from sirenpose_ros.core.params import validate
