@@ -550,22 +550,212 @@ def test_xfeat_onnxruntime_matches_torch(cache_dir):
     assert rel_err(got, want) < FP32_REL_TOL
 
 
+def _masked_lg_inputs(spec, m: int, n: int, seed: int):
+    """The spec's padded inputs with the first m / n slots valid and random padding content."""
+    g = torch.Generator().manual_seed(seed)
+    k0, d0, _, k1, d1, _ = spec.example_inputs()
+    k0, k1 = torch.rand(k0.shape, generator=g) * 2 - 1, torch.rand(k1.shape, generator=g) * 2 - 1
+    d0 = torch.nn.functional.normalize(torch.randn(d0.shape, generator=g), dim=-1)
+    d1 = torch.nn.functional.normalize(torch.randn(d1.shape, generator=g), dim=-1)
+    mask0 = (torch.arange(k0.shape[1]) < m).float()[None]
+    mask1 = (torch.arange(k1.shape[1]) < n).float()[None]
+    return k0, d0, mask0, k1, d1, mask1
+
+
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
-def test_lighterglue_onnxruntime_matches_torch_at_two_point_counts(cache_dir):
+def test_masked_lighterglue_onnxruntime_matches_torch(cache_dir):
+    import onnx
     learned = _learned()
-    spec = learned.lighterglue_spec(example_points=64)
+    spec = learned.lighterglue_spec(None, 64, 48)
     runner = make_runner(spec, "onnxruntime", "cpu", cache_dir)
+    # One static graph: every input has fixed dimensions (no symbolic axes) and the masks.
+    graph = onnx.load(str(runner.onnx_path)).graph
+    dims = {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
+                     for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims == {"kpts0": [1, 64, 2], "desc0": [1, 64, 64], "mask0": [1, 64],
+                    "kpts1": [1, 48, 2], "desc1": [1, 48, 64], "mask1": [1, 48]}
     ref = TorchRunner(spec, "cpu")
-    g = torch.Generator().manual_seed(3)
-    for m, n in ((40, 95), (230, 181)):
-        k0, k1 = torch.rand(1, m, 2, generator=g) * 2 - 1, torch.rand(1, n, 2, generator=g) * 2 - 1
-        d0 = torch.nn.functional.normalize(torch.randn(1, m, 64, generator=g), dim=-1)
-        d1 = torch.nn.functional.normalize(torch.randn(1, n, 64, generator=g), dim=-1)
-        (got,), (want,) = runner(k0, d0, k1, d1), ref(k0, d0, k1, d1)
-        assert tuple(got.shape) == (1, m, n)
-        assert rel_err((got,), (want,)) < FP32_REL_TOL
-        # What matching reads: the same best match wherever the reference is not a near tie.
-        top2 = want[0].topk(2, dim=1).values
-        clear = (top2[:, 0] - top2[:, 1]) > 1e-3
-        assert clear.sum() > 0.9 * m
-        assert torch.equal(got[0].argmax(1)[clear], want[0].argmax(1)[clear])
+    for m, n in ((40, 17), (64, 48), (0, 30), (5, 0)):
+        inputs = _masked_lg_inputs(spec, m, n, seed=m + n)
+        (got,), (want,) = runner(*inputs), ref(*inputs)
+        assert tuple(got.shape) == (1, 64, 48)
+        outside = torch.ones(64, 48, dtype=torch.bool)
+        outside[:m, :n] = False
+        assert (got[0][outside] <= learned.MASK_BIAS).all()
+        if m and n:
+            assert rel_err((got[0, :m, :n],), (want[0, :m, :n],)) < FP32_REL_TOL
+            # What matching reads: the same best match wherever the reference is not a near tie.
+            top2 = want[0, :m, :n].topk(2, dim=1).values
+            clear = (top2[:, 0] - top2[:, 1]) > 1e-3
+            assert clear.sum() > 0.9 * m
+            assert torch.equal(got[0, :m, :n].argmax(1)[clear], want[0, :m, :n].argmax(1)[clear])
+    # The CPU variant: the same masked network with symbolic point counts, run on leading rows.
+    dyn = learned.lighterglue_spec(None, 64, 48, dynamic=True)
+    assert trt_mod.derive_shape_profiles(dyn, [tuple(t.shape) for t in dyn.example_inputs()])["mask1"] == \
+        ((1, 1), (1, 48), (1, 48))
+    runner = make_runner(dyn, "onnxruntime", "cpu", cache_dir)
+    for rows0, rows1, m, n in ((30, 48, 25, 48), (64, 11, 64, 9)):
+        inputs = _masked_lg_inputs(spec, m, n, seed=rows0)
+        trimmed = [t[:, :rows0] for t in inputs[:3]] + [t[:, :rows1] for t in inputs[3:]]
+        (got,), (want,) = runner(*trimmed), ref(*inputs)
+        assert tuple(got.shape) == (1, rows0, rows1)
+        assert rel_err((got[0, :m, :n],), (want[0, :m, :n],)) < FP32_REL_TOL
+
+
+def test_masked_lighterglue_is_static_for_cuda_graphs_and_tensorrt():
+    """CPU-testable half of the CUDA path: the spec has no dynamic axes, so ``auto`` on CUDA tries
+    TensorRT (one fixed profile, no optimisation-profile ranges) then CUDA graphs; the engine
+    binds every input, masks included, at the padded sizes."""
+    from sirenpose_ros.inference import auto_order
+    learned = _learned()
+    m, n = learned.lighterglue_sizes(512, 2.0)
+    assert (m, n) == (1024, 1024) and learned.lighterglue_sizes(100, 1.5) == (200, 150)
+    spec = learned.lighterglue_spec(None, m, n)
+    assert not spec.dynamic_axes
+    assert auto_order(spec, "cuda") == ("tensorrt", "torch-cudagraph", "torch")
+    shapes = [tuple(t.shape) for t in spec.example_inputs()]
+    assert shapes == [(1, m, 2), (1, m, 64), (1, m), (1, n, 2), (1, n, 64), (1, n)]
+    prof = trt_mod.derive_shape_profiles(spec, shapes)
+    assert all(lo == opt == hi for lo, opt, hi in prof.values())
+    assert not {k: p for k, p in prof.items() if k in spec.dynamic_axes}     # static engine
+    infos = [trt_mod.TensorInfo(name, True, "FLOAT", shape) for name, shape in zip(spec.input_names, shapes)]
+    infos.append(trt_mod.TensorInfo("log_assignment", False, "FLOAT", (1, m, n)))
+    plan = trt_mod.binding_plan(spec, infos, {**{k: p[2] for k, p in prof.items()}, "log_assignment": (1, m, n)})
+    assert [b.name for b in plan.inputs] == ["kpts0", "desc0", "mask0", "kpts1", "desc1", "mask1"]
+    assert plan.inputs[2].max_shape == (1, m) and plan.outputs[0].max_numel == m * n
+
+
+class _RecordingRunner:
+    """A torch runner that records what the matcher hands it (what a CUDA graph would replay)."""
+
+    def __init__(self, spec):
+        self.inner, self.spec, self.device, self.backend = TorchRunner(spec, "cpu"), spec, "cpu", "rec"
+        self.calls = []
+
+    def __call__(self, *inputs):
+        self.calls.append([(t.data_ptr(), tuple(t.shape), t.dtype) for t in inputs])
+        return self.inner(*inputs)
+
+
+def test_matcher_feeds_one_set_of_fixed_buffers():
+    """Whatever the keypoint counts, the matcher passes the same preallocated, padded tensors
+    (fixed shapes and addresses: a captured CUDA graph can replay on them), and stale rows from
+    a larger earlier call are masked."""
+    learned = _learned()
+    spec = learned.lighterglue_spec(None, 40, 32)
+    rec = _RecordingRunner(spec)
+    matcher = learned.LighterGlueMatcher(rec)
+    g = torch.Generator().manual_seed(5)
+
+    def kps(rows, valid):
+        px = torch.rand(rows, 2, generator=g) * torch.tensor([320.0, 240.0])
+        desc = torch.nn.functional.normalize(torch.randn(rows, 64, generator=g), dim=-1)
+        return learned.Keypoints(px, px, torch.rand(rows, generator=g), desc,
+                                 torch.arange(rows) < valid, (320, 240))
+
+    results = []
+    for (r0, v0), (r1, v1) in (((40, 40), (32, 32)), ((40, 12), (32, 30)), ((25, 25), (20, 7))):
+        a, b = kps(r0, v0), kps(r1, v1)
+        j, ok, _ = matcher.match(a, b, 0.0)
+        assert j.shape == (r0,) and not ok[v0:].any()
+        assert (j[ok] < v1).all()
+        # The same matches as the unpadded network on the valid points alone.
+        net = rec.inner.module
+        la = net(learned.normalize_keypoints(a.px_net[:v0], a.net_size)[None], a.desc[:v0][None], torch.ones(1, v0),
+                 learned.normalize_keypoints(b.px_net[:v1], b.net_size)[None], b.desc[:v1][None], torch.ones(1, v1))[0]
+        j_ref, ok_ref, _ = learned.filter_assignment(la, 0.0, torch.ones(v0, dtype=torch.bool),
+                                                     torch.ones(v1, dtype=torch.bool))
+        assert torch.equal(ok[:v0], ok_ref) and torch.equal(j[:v0][ok_ref], j_ref[ok_ref])
+        results.append(ok.sum())
+    assert all(c == rec.calls[0] for c in rec.calls)
+    assert [s for _, s, _ in rec.calls[0]] == [tuple(t.shape) for t in spec.example_inputs()]
+    with pytest.raises(ValueError, match="built for"):
+        matcher.match(kps(41, 41), kps(5, 5))
+    # The dynamic (CPU) variant gets only the rows the caller says may be valid, same matches.
+    dyn = _RecordingRunner(learned.lighterglue_spec(None, 40, 32, dynamic=True))
+    dyn_matcher = learned.LighterGlueMatcher(dyn)
+    a, b = kps(40, 23), kps(32, 32)
+    j, ok, _ = matcher.match(a, b, 0.0)
+    j2, ok2, _ = dyn_matcher.match(a, b, 0.0, rows0=23)
+    assert [s for _, s, _ in dyn.calls[-1]] == [(1, 23, 2), (1, 23, 64), (1, 23), (1, 32, 2), (1, 32, 64), (1, 32)]
+    assert ok2.shape == (40,) and torch.equal(ok, ok2) and torch.equal(j[ok], j2[ok2])
+    assert not dyn_matcher.match(a, b, 0.0, rows0=0)[1].any()
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_masked_lighterglue_cuda_graph_matches_cpu():
+    learned = _learned()
+    spec = learned.lighterglue_spec(None, 256, 192)
+    graph = make_runner(spec, "torch-cudagraph", "cuda")
+    assert graph.backend == "torch-cudagraph"
+    assert make_runner(spec, "auto", "cuda").backend in ("tensorrt", "torch-cudagraph")
+    ref = TorchRunner(spec, "cpu")
+    for m, n in ((256, 192), (100, 37), (0, 50)):
+        inputs = _masked_lg_inputs(spec, m, n, seed=m)
+        (got,), (want,) = graph(*(t.cuda() for t in inputs)), ref(*inputs)
+        assert (got[0, m:] <= learned.MASK_BIAS).all() and (got[0, :, n:] <= learned.MASK_BIAS).all()
+        if m and n:
+            assert rel_err((got[0, :m, :n],), (want[0, :m, :n],)) < FP32_REL_TOL
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_frontend_on_cuda_graphs_tracks_like_cpu():
+    """The whole learned frontend on CUDA (graph-captured networks, device-side bookkeeping)
+    gives the CPU's tracks up to float rounding (cuDNN may use TF32, so compare positions and
+    continuation counts, not ids: a swapped pair of near-equal scores renumbers later ids)."""
+    import cv2
+    import numpy as np
+    from sirenpose_ros.core import xfeat_frontend as xf
+    from sirenpose_ros.core.config import Config
+    from sirenpose_ros.core.params import validate
+    from sirenpose_ros.synth.sequence import render_sequence
+    _learned()
+    seq = render_sequence("easy", seed=0, n_frames=4, width=320, height=240)
+    grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in seq.rgb]
+    fronts = [xf.XFeatFrontend(Config(validate(xf.PARAMS, {"xfeat_device": dev, "xfeat_backend": be,
+                                                           "xfeat_top_k": 256})))
+              for dev, be in (("cpu", "torch"), ("cuda", "torch-cudagraph"))]
+    assert {r.backend for r in fronts[1].runners} == {"torch-cudagraph"}
+    for g in grays:
+        a, b = (fe.track(g) for fe in fronts)
+        assert len(a) == len(b) == 256
+        d = np.linalg.norm(a.px[:, None] - b.px[None], axis=2).min(1)
+        assert np.mean(d < 0.05) > 0.9
+        assert abs(int((a.age > 0).sum()) - int((b.age > 0).sum())) <= 0.05 * len(a)
+
+
+def test_export_tool_lists_masked_lighterglue_per_top_k():
+    _learned()
+    from sirenpose_ros.tools.export_models import known_specs
+    specs = known_specs([(320, 224)], [512, 100], 1.5)
+    assert [label for label, _ in specs] == ["xfeat 320x224", "lighterglue 1024x768", "lighterglue 200x150"]
+    lg = specs[1][1]
+    assert lg.name == "xfeat_lighterglue_masked_1024x768" and not lg.dynamic_axes
+    assert [tuple(t.shape) for t in lg.example_inputs()][2::3] == [(1, 1024), (1, 768)]
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("matcher", ["lighterglue", "mnn"])
+def test_frontend_detect_and_match_never_wait_for_the_gpu(matcher):
+    """detect and match only queue work (torch's sync debug mode raises on any host wait); the
+    frame's one wait is the copy of the tracks at the end of track()."""
+    from sirenpose_ros.core import xfeat_frontend as xf
+    from sirenpose_ros.core.config import Config
+    from sirenpose_ros.core.params import validate
+    _learned()
+    import cv2
+    from sirenpose_ros.synth.sequence import render_sequence
+    g = cv2.cvtColor(render_sequence("easy", seed=0, n_frames=1, width=320, height=240).rgb[0], cv2.COLOR_RGB2GRAY)
+    fe = xf.XFeatFrontend(Config(validate(xf.PARAMS, {"xfeat_device": "cuda", "xfeat_backend": "torch-cudagraph",
+                                                      "xfeat_top_k": 128, "xfeat_matcher": matcher})))
+    fe.track(g)
+    fe.track(g)                          # runners built, graphs captured, tables made
+    fe.detect(g, 256)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        cand = fe.detect(g, 256)
+        j, ok = fe.match(fe._pool, cand, fe._pool_count)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert int(ok.sum()) > 64            # the same frame again: most of the pool matches

