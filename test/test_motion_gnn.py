@@ -17,7 +17,7 @@ from sirenpose_ros.core.motion_gnn import (EDGE_FEATURES, FEATURE_VERSION, NODE_
 # (100, 101) of the shipped weights (models/MOTION_GNN.md).
 HELDOUT = dict(preset="multi_object", seed=7, n_frames=45, width=320, height=240)
 # Measured on HELDOUT: see the F1_BOUND note in models/MOTION_GNN.md.
-F1_BOUND = 0.65
+F1_BOUND = 0.65               # measured 0.688 with the shipped feature-version-3 weights
 
 
 @pytest.fixture
@@ -156,3 +156,44 @@ def test_heldout_sequence_f1():
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
     assert tp + fn > 100, "the held-out sequence must contain dynamic keypoints"
     assert f1 > F1_BOUND, (f1, tp, fp, fn)
+
+
+def test_motion_models_fit_the_static_majority():
+    """The pose-free fits (reweighted least squares, all gaps at once) recover the camera's
+    motion from the static tracks while a third of the tracks move on their own, and leave the
+    moving ones with large offsets; gaps without enough history give no fit."""
+    from sirenpose_ros.core.motion_gnn import MIN_FIT_POINTS, _motion_models
+    rng = np.random.default_rng(3)
+    n = 300
+    X = np.c_[rng.uniform(-3, 3, (n, 2)), rng.uniform(3, 8, n)]
+    K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+
+    def project(P):
+        x = P @ K.T
+        return x[:, :2] / x[:, 2:]
+
+    th = 0.03
+    R = np.array([[np.cos(th), 0, np.sin(th)], [0, 1, 0], [-np.sin(th), 0, np.cos(th)]])
+    now = project(X)
+    rot_only = project(X @ R.T)                                   # rotation: a homography
+    translated = project(X @ R.T + [0.2, 0.02, 0.05])             # translation: parallax, F only
+    moving = rng.random(n) < 0.33
+    p0 = np.stack([rot_only, translated, translated])
+    p0 = p0 + rng.normal(0, 0.1, p0.shape)
+    p0[:, moving] += rng.uniform(4, 10, (3, moving.sum(), 2)) * rng.choice([-1, 1], (3, moving.sum(), 2))
+    have = np.ones((3, n), bool)
+    have[2, MIN_FIT_POINTS - 1:] = False                          # third gap: too few tracks
+    hres, epi, h_share, f_share, ok = _motion_models(p0, now, have, np.full(n, 0.9))
+    assert ok.tolist() == [True, True, False]
+    h_static = np.linalg.norm(hres[0, ~moving], axis=1)
+    h_moving = np.linalg.norm(hres[0, moving], axis=1)
+    assert np.median(h_static) < 0.3 and np.median(h_moving) > 3.0
+    assert np.median(epi[1, ~moving]) < 0.5 and np.median(epi[1, moving]) > 2.0
+    assert 0.55 < h_share[0] < 0.75 and 0.55 < f_share[1] < 0.75
+    assert np.all(hres[2] == 0) and np.all(epi[2] == 0)
+    # The graph's belief (w_static) sharpens the fit: with the movers known, static F residuals
+    # shrink to the noise.
+    w = np.where(moving, 0.0, 1.0)
+    _, epi_w, _, _, _ = _motion_models(p0, now, have, w)
+    assert np.median(epi_w[1, ~moving]) <= np.median(epi[1, ~moving]) + 1e-9
+    assert np.median(epi_w[1, ~moving]) < 0.15

@@ -8,8 +8,13 @@ Inputs per node (see :class:`MotionFeatures`), all in working-resolution pixels,
 asinh / log1p so that a few large values do not dominate:
 - the pipeline's static-model residual (reprojection or epipolar offset), when the pose exists;
 - pose-free evidence from the track history kept here (keyed by track id): for several frame
-  gaps, the offset from a RANSAC homography and the Sampson distance to a RANSAC fundamental
-  matrix fitted on all tracks, so the scorer also works while the pipeline initialises;
+  gaps, the offset from a homography and the Sampson distance to a fundamental matrix fitted on
+  all tracks, so the scorer also works while the pipeline initialises. The fits are robust
+  reweighted least squares seeded with the graph's own belief from earlier frames (which is
+  built on the pipeline's pose-based residuals), all gaps solved at once: no RANSAC;
+- the static-model residual and the pose-free offsets also relative to the frame's median, so
+  that a frontend's keypoint noise (KLT sub-pixel, XFeat about a pixel) cancels out; the
+  network is trained on tracks of both frontends;
 - frame-level context per gap (median flow, inlier shares): tells the network when a motion
   model is degenerate (camera standing still: F is meaningless; camera translating: the
   homography leaves parallax on static points).
@@ -26,7 +31,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -40,13 +44,15 @@ PARAMS = [
 ]
 
 WEIGHTS_NAME = "motion_gnn.safetensors"
-FEATURE_VERSION = 2          # bump when the features change: old weight files are refused
+FEATURE_VERSION = 3          # bump when the features change: old weight files are refused
 GAPS = (1, 4, 12)            # frame gaps of the pose-free motion models
 MIN_FIT_POINTS = 12          # fewer tracks than this: no motion model for that gap
-HOMOGRAPHY_RANSAC_PX = 1.0
-FUNDAMENTAL_RANSAC_PX = 1.0
+FIT_ITERATIONS = 3           # reweighted least-squares solves per motion model and gap
+HOMOGRAPHY_INLIER_PX = 1.0   # inlier share context feature, and the floor of the robust scale
+FUNDAMENTAL_INLIER_PX = 1.0
+EPIPOLAR_SCALE = 1.0         # Cauchy scale of the F reweighting, in robust sigmas of the Sampson distance
 MEMORY_RATE = 0.3           # per-frame rate of each track's running mean of its own evidence
-NODE_FEATURES = 5 + 9 * len(GAPS) + 1 + len(GAPS)
+NODE_FEATURES = 6 + 10 * len(GAPS) + 1 + len(GAPS)
 EDGE_FEATURES = 3 + 2 * len(GAPS)
 
 
@@ -62,39 +68,143 @@ def default_weights_path() -> Path:
 
 # ----------------------------------------------------------------------------- features
 
-def _sampson_px(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
-    """Sampson distance (pixels) of correspondences x1 -> x2 (M, 2) to the fundamental matrix F."""
-    h1 = np.concatenate([x1, np.ones((x1.shape[0], 1))], axis=1)
-    h2 = np.concatenate([x2, np.ones((x2.shape[0], 1))], axis=1)
-    Fx1 = h1 @ F.T
+def _sampson_px(F: np.ndarray, h1: np.ndarray, h2: np.ndarray, with_gradient: bool = False):
+    """Sampson distance of homogeneous correspondences h1 -> h2 (..., M, 3) to F (..., 3, 3), in
+    the units of the coordinates; optionally also the squared gradient norm of the epipolar
+    constraint (the factor between algebraic and geometric error)."""
+    Fx1 = h1 @ np.swapaxes(F, -1, -2)
     Ftx2 = h2 @ F
-    num = np.sum(h2 * Fx1, axis=1)
-    den = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
-    return np.abs(num) / np.sqrt(np.maximum(den, 1e-12))
+    num = np.sum(h2 * Fx1, axis=-1)
+    den = np.maximum(Fx1[..., 0] ** 2 + Fx1[..., 1] ** 2 + Ftx2[..., 0] ** 2 + Ftx2[..., 1] ** 2, 1e-18)
+    d = np.abs(num) / np.sqrt(den)
+    return (d, den) if with_gradient else d
 
 
-def _motion_models(p0: np.ndarray, p1: np.ndarray):
-    """Homography offset (M, 2), Sampson distance (M,), homography and F inlier shares, or None.
+def _h_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """DLT rows of x' ~ H x for homogeneous a -> b (..., M, 3): (..., 2M, 9)."""
+    z = np.zeros_like(a)
+    r1 = np.concatenate([z, -b[..., 2:3] * a, b[..., 1:2] * a], axis=-1)
+    r2 = np.concatenate([b[..., 2:3] * a, z, -b[..., 0:1] * a], axis=-1)
+    return np.concatenate([r1, r2], axis=-2)
 
-    OpenCV's RANSAC estimators seed their own generator, so the result is deterministic.
-    """
-    if p0.shape[0] < MIN_FIT_POINTS:
-        return None
-    a, b = p0.astype(np.float64), p1.astype(np.float64)
-    H, hin = cv2.findHomography(a, b, cv2.RANSAC, HOMOGRAPHY_RANSAC_PX)
-    if H is None or not np.all(np.isfinite(H)):
-        return None
-    ah = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1) @ H.T
+
+def _f_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Eight-point rows of b^T F a = 0 for homogeneous a, b (..., M, 3): (..., M, 9)."""
+    return (b[..., :, None] * a[..., None, :]).reshape(*a.shape[:-1], 9)
+
+
+def _null_vectors(A: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Unit vector v minimising sum_r w_r (A_r v)^2 for each stack entry: A (..., R, 9), w (..., R)
+    -> (..., 9). The 9x9 normal matrix is well conditioned after the Hartley normalisation."""
+    _, v = np.linalg.eigh(np.swapaxes(A * w[..., None], -1, -2) @ A)
+    return v[..., :, 0]
+
+
+def _rank2(F: np.ndarray) -> np.ndarray:
+    u, s, vt = np.linalg.svd(F)
+    s[..., 2] = 0.0
+    return (u * s[..., None, :]) @ vt
+
+
+def _h_residual(H: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """b - H a in inhomogeneous coordinates, (..., M, 2); points H sends to infinity get 1e3."""
+    q = a @ np.swapaxes(H, -1, -2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        pred = ah[:, :2] / ah[:, 2:3]
-    hres = np.where(np.isfinite(pred), b - pred, 1e3)
-    F, fin = cv2.findFundamentalMat(a, b, cv2.FM_RANSAC, FUNDAMENTAL_RANSAC_PX, 0.99)
-    if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
-        epi, f_share = np.zeros(a.shape[0]), 0.0
-    else:
-        epi = _sampson_px(F, a, b)
-        f_share = float(fin.mean()) if fin is not None else 0.0
-    return hres, epi, float(hin.mean()), f_share
+        d = b[..., :2] - q[..., :2] / q[..., 2:3]
+    return np.where(np.isfinite(d), d, 1e3)
+
+
+def _weighted_median(r: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted median of each row of r (R, M) with weights w (R, M) >= 0; (R,)."""
+    rows = np.arange(r.shape[0])[:, None]
+    order = np.argsort(r, axis=1)
+    cw = np.cumsum(w[rows, order], axis=1)
+    k = np.argmax(cw >= 0.5 * cw[:, -1:], axis=1)
+    return r[rows[:, 0], order[rows[:, 0], k]]
+
+
+def _robust_scale(r: np.ndarray, w: np.ndarray, floor: float) -> np.ndarray:
+    """Per row of r (G, M): weighted median of |r| as a Gaussian sigma (1.4826 x MAD), at least
+    ``floor``; (G, 1). Zero-weight entries do not count."""
+    return np.maximum(1.4826 * _weighted_median(r, w), floor)[:, None]
+
+
+def _cauchy(r: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + (r / scale) ** 2)
+
+
+def _motion_models(p0: np.ndarray, p1: np.ndarray, have: np.ndarray, w_static: np.ndarray):
+    """Pose-free motion models of every gap at once. ``p0`` (G, M, 2): positions g frames ago
+    (rows of tracks without one are ignored), ``p1`` (M, 2) now, ``have`` (G, M) bool,
+    ``w_static`` (M,) in [0, 1].
+
+    -> homography offset (G, M, 2) and Sampson distance to a fundamental matrix (G, M), pixels;
+    homography and F inlier shares (G,); ``ok`` (G,): the gap had enough tracks for a fit.
+
+    No RANSAC: each model is a weighted least-squares fit (normalised DLT / eight-point) with
+    iteratively reweighted robust (Cauchy) weights, started from what is already known: the
+    graph's belief that a track is static (``w_static`` = 1 - its filtered dynamic probability,
+    from the pose-based residuals of earlier frames) and the offset from the median flow (robust
+    to nearly half the tracks moving). All gaps are solved together as stacked 9x9 eigen-problems,
+    a fixed cost that replaces OpenCV's sequential RANSAC, whose cost grows with the share of
+    moving points.
+    """
+    G, m = have.shape
+    ok = have.sum(axis=1) >= MIN_FIT_POINTS
+    hv = have & ok[:, None]
+    hvf = hv.astype(np.float64)
+    cnt = np.maximum(hvf.sum(axis=1, keepdims=True), 1.0)                 # (G, 1)
+    q0 = np.where(hv[..., None], p0, 0.0)
+    q1 = np.where(hv[..., None], p1[None], 0.0)
+    # Hartley normalisation, one transform per gap for both images (same camera).
+    c = 0.5 * (q0.sum(axis=1) + q1.sum(axis=1)) / cnt                     # (G, 2)
+    d = np.linalg.norm(q0 - c[:, None], axis=2) * hvf
+    s = (np.sqrt(2.0) / np.maximum(d.sum(axis=1) / cnt[:, 0], 1e-6))[:, None]   # (G, 1)
+    one = np.ones((G, m, 1))
+    a = np.concatenate([(q0 - c[:, None]) * s[..., None], one], axis=2)
+    b = np.concatenate([(q1 - c[:, None]) * s[..., None], one], axis=2)
+    prior = (np.clip(w_static, 0.0, 1.0) ** 2 + 1e-3)[None] * hvf           # (G, M); 0 = not in
+    flow = q1 - q0                                                         # 0 where not in
+    med = _weighted_median(np.concatenate([flow[..., 0], flow[..., 1]]), np.concatenate([prior, prior]))
+    r = np.where(hv, np.linalg.norm(flow - np.stack([med[:G], med[G:]], axis=1)[:, None], axis=2), 0.0)
+    w = prior * _cauchy(r, 3.0 * _robust_scale(r, prior, 0.5))
+    rows = _h_rows(a, b)                                                   # (G, 2M, 9)
+    for _ in range(FIT_ITERATIONS):
+        H = _null_vectors(rows, np.concatenate([w, w], axis=1)).reshape(G, 3, 3)
+        hres = _h_residual(H, a, b) / s[..., None]
+        r = np.linalg.norm(hres, axis=2)
+        w = prior * _cauchy(r, 2.0 * _robust_scale(r, prior, 0.5 * HOMOGRAPHY_INLIER_PX))
+    hres = np.where(hv[..., None] & (np.abs(hres) < 1e3), hres, np.where(hv[..., None], 1e3, 0.0))
+    h_share = (hvf * (r < HOMOGRAPHY_INLIER_PX)).sum(axis=1) / cnt[:, 0]
+    # F: static points off the homography (parallax) must stay in, so start from softer
+    # homography weights and let the epipolar residual reweight.
+    w = prior * _cauchy(r, 3.0 * _robust_scale(r, prior, 0.5 * HOMOGRAPHY_INLIER_PX) + 2.0)
+    rows = _f_rows(a, b)                                                   # (G, M, 9)
+    grad = np.ones((G, m))
+    for _ in range(FIT_ITERATIONS):
+        # Dividing by the epipolar gradient turns the algebraic eight-point error into the
+        # Sampson (geometric) one, as the robust weights assume.
+        Fm = _rank2(_null_vectors(rows, w / grad).reshape(G, 3, 3))
+        epi, grad = _sampson_px(Fm, a, b, with_gradient=True)
+        grad = grad / np.maximum(np.sum(prior * grad, axis=1, keepdims=True) / np.maximum(prior.sum(axis=1, keepdims=True), 1e-9), 1e-18)
+        epi = epi / s
+        w = prior * _cauchy(epi, EPIPOLAR_SCALE * _robust_scale(epi, prior, 0.5 * FUNDAMENTAL_INLIER_PX))
+    epi = np.where(hv, epi, 0.0)
+    f_share = (hvf * (epi < FUNDAMENTAL_INLIER_PX)).sum(axis=1) / cnt[:, 0]
+    return hres, epi, h_share, f_share, ok
+
+
+def _masked_medians(v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """np.median of each row of v (R, M) over its entries where mask is set (0 for an empty row),
+    in one sort: the per-frame medians are many, and np.median costs ~0.1 ms per call."""
+    k = mask.sum(axis=1)
+    srt = np.sort(np.where(mask, v, np.inf), axis=1)
+    rows = np.arange(v.shape[0])
+    lo, hi = np.maximum((k - 1) // 2, 0), np.maximum(k // 2, 0)
+    if v.shape[1] == 0:
+        return np.zeros(v.shape[0])
+    med = 0.5 * (srt[rows, np.minimum(lo, v.shape[1] - 1)] + srt[rows, np.minimum(hi, v.shape[1] - 1)])
+    return np.where(k > 0, med, 0.0)
 
 
 def _signed_log(x: np.ndarray) -> np.ndarray:
@@ -153,32 +263,42 @@ class MotionFeatures:
         res = np.asarray(obs.residual_px, np.float64).reshape(-1, 2)
         known = np.all(np.isfinite(res), axis=1)
         res0 = np.where(known[:, None], res, 0.0)
-        cols = [known.astype(np.float64), *_signed_log(res0).T, np.log1p(np.linalg.norm(res0, axis=1)),
-                np.log1p(np.minimum(age, 30)) / np.log(31.0)]
+        rmag = np.log1p(np.linalg.norm(res0, axis=1))
+        w_static = 1.0 - np.clip(np.asarray(obs.previous, np.float64).reshape(-1), 0.0, 1.0)
         gap_offsets = []
-        now = [np.where(known, np.log1p(np.linalg.norm(res0, axis=1)), np.nan)]   # memory inputs
+        now = [np.where(known, rmag, np.nan)]                              # memory inputs
         informed = known.copy()
-        for g in GAPS:
-            prev = hist[:, g - 1]
-            have = np.all(np.isfinite(prev), axis=1)
-            hres = np.zeros((n, 2))
-            epi = np.zeros(n)
-            ctx = np.zeros(3)
-            fit = _motion_models(prev[have], px[have]) if have.any() else None
-            if fit is None:
-                have = np.zeros(n, bool)
-            else:
-                hres[have], epi[have] = fit[0], fit[1]
-                flow = np.median(np.linalg.norm(px[have] - prev[have], axis=1))
-                ctx = np.array([np.log1p(flow), fit[2], fit[3]])
+        prev = np.stack([hist[:, g - 1] for g in GAPS])                   # (G, N, 2)
+        have_all = np.all(np.isfinite(prev), axis=2)
+        if n:
+            H_off, E_dist, h_share, f_share, ok = _motion_models(prev, px, have_all, w_static)
+        else:
+            H_off, E_dist = np.zeros((len(GAPS), 0, 2)), np.zeros((len(GAPS), 0))
+            h_share = f_share = np.zeros(len(GAPS)); ok = np.zeros(len(GAPS), bool)
+        have_all = have_all & ok[:, None]
+        mag = np.log1p(np.linalg.norm(H_off, axis=2))                      # (G, N)
+        emag = np.log1p(E_dist)
+        flow = np.linalg.norm(px[None] - np.where(have_all[..., None], prev, 0.0), axis=2)
+        # All per-frame medians in one go: residual, and per gap flow, offset and Sampson distance.
+        meds = _masked_medians(np.concatenate([rmag[None], flow, mag, emag]),
+                               np.concatenate([known[None], have_all, have_all, have_all]))
+        G = len(GAPS)
+        m_flow, m_mag, m_emag = meds[1:1 + G], meds[1 + G:1 + 2 * G], meds[1 + 2 * G:]
+        # Relative to the frame's median: the frontends differ in keypoint noise (KLT sub-pixel,
+        # XFeat about a pixel), and that noise scales every static residual alike.
+        rrel = np.where(known, rmag - meds[0], 0.0)
+        cols = [known.astype(np.float64), *_signed_log(res0).T, rmag, rrel,
+                np.log1p(np.minimum(age, 30)) / np.log(31.0)]
+        for k in range(G):
+            have = have_all[k]
+            ctx = np.array([np.log1p(m_flow[k]), h_share[k], f_share[k]]) if have.any() else np.zeros(3)
             informed |= have
-            gap_offsets.append((have, hres))
-            mag = np.log1p(np.linalg.norm(hres, axis=1))
-            # Offset relative to the frame's typical one: fast camera motion inflates everyone's.
-            rel = mag - np.median(mag[have]) if have.any() else np.zeros(n)
-            now.append(np.where(have, mag, np.nan))
-            cols += [have.astype(np.float64), *_signed_log(hres).T, mag, np.where(have, rel, 0.0),
-                     np.log1p(epi), *np.broadcast_to(ctx[:, None], (3, n))]
+            gap_offsets.append((have, H_off[k]))
+            now.append(np.where(have, mag[k], np.nan))
+            # Offsets relative to the frame's typical one: fast camera motion inflates everyone's.
+            cols += [have.astype(np.float64), *_signed_log(H_off[k]).T, mag[k],
+                     np.where(have, mag[k] - m_mag[k], 0.0), emag[k], np.where(have, emag[k] - m_emag[k], 0.0),
+                     *np.broadcast_to(ctx[:, None], (3, n))]
         now = np.stack(now, axis=1)
         with np.errstate(invalid="ignore"):
             upd = np.where(np.isnan(mem), now, mem + MEMORY_RATE * (now - mem))

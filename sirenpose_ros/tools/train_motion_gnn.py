@@ -1,7 +1,8 @@
 """Train the motion GNN on the project's own synthetic sequences and evaluate it on held-out seeds.
 
 Data: every (preset, seed) is rendered (``sirenpose_ros.synth``) and run through the real
-``Pipeline`` (KLT frontend, window estimator) with a recording scorer around the
+``Pipeline`` (KLT frontend, and for ``--xfeat-train-seeds`` also the XFeat frontend; window
+estimator) with a recording scorer around the
 ``GeometricScorer``, so the training inputs are exactly what the scorer sees at run time. Labels
 come from the ground-truth motion mask at each keypoint (dynamic = mask > 0); an edge is rigid
 when both ends lie on the same object (both static counts as rigid). Rendered frames and
@@ -44,9 +45,14 @@ AMBIGUOUS_WEIGHT = 0.25      # loss weight of keypoints whose 5x5 neighbourhood 
 EDGE_LOSS_WEIGHT = 0.5
 
 
-def pipeline_config():
+FRONTENDS = ("klt", "xfeat")
+
+
+def pipeline_config(frontend: str = "klt"):
     # The dense stages (SIREN field, cloud) come after the graph and never feed back into it.
-    return make_config({"field_enabled": False, "cloud_enabled": False})
+    # The recordings run the GeometricScorer (run_pipeline swaps the scorer in anyway).
+    return make_config({"field_enabled": False, "cloud_enabled": False, "pipeline_frontend": frontend,
+                        "graph_scorer": "geometric"})
 
 
 class RecordingScorer:
@@ -63,10 +69,10 @@ class RecordingScorer:
         return self.inner(obs)
 
 
-def run_pipeline(gray, stamps, camera, scorer=None):
+def run_pipeline(gray, stamps, camera, scorer=None, frontend="klt"):
     """Run a fresh Pipeline over gray frames; -> (recorded observations, per-frame results)."""
     from sirenpose_ros.core.types import Frame
-    cfg = pipeline_config()
+    cfg = pipeline_config(frontend)
     pipe = Pipeline(cfg)
     rec = RecordingScorer(scorer if scorer is not None else GeometricScorer(cfg))
     pipe.graph.scorer = rec       # Pipeline builds its KeypointGraph itself; the scorer is swappable
@@ -105,7 +111,8 @@ def source_fingerprint(modules) -> str:
 # Everything between the image and the GraphObservation: when any of it changes, recordings are
 # stale (the scorer would see other inputs than it was trained on) and are redone.
 TRACKING_MODULES = tuple("sirenpose_ros.core." + m for m in
-                         ("camera", "frontend", "geometry", "graph", "pipeline", "window", "config", "params"))
+                         ("camera", "frontend", "geometry", "graph", "pipeline", "window", "config", "params",
+                          "learned", "xfeat_frontend"))
 SYNTH_MODULES = tuple("sirenpose_ros.synth." + m for m in ("presets", "render", "scene", "sequence", "texture"))
 # Taken once, right after the modules were imported: the code this process runs. (Other people
 # may edit the files while a run goes on; hashing them later would key recordings wrongly.)
@@ -136,14 +143,14 @@ def rendered(preset, seed, n_frames, width, height, cache: Path):
     return _load_or_make(cache / f"{key}.npz", make)
 
 
-def record(preset, seed, n_frames, width, height, cache: Path):
+def record(preset, seed, n_frames, width, height, cache: Path, frontend: str = "klt"):
     """Run the pipeline (GeometricScorer) over a rendered sequence once and keep every frame's
     GraphObservation with labels; cached by the tracking path's source, so a change to the
     frontend, window or graph redoes it. The rendered frames are merged into the result."""
     seq = rendered(preset, seed, n_frames, width, height, cache)
 
     def make():
-        obs, results, pipe = run_pipeline(seq["gray"], seq["stamps"], _camera_from(seq))
+        obs, results, pipe = run_pipeline(seq["gray"], seq["stamps"], _camera_from(seq), frontend=frontend)
         work = working_size(width, height, pipe.cfg)
         d = {k: [] for k in ("ids", "px", "res", "prev", "obj", "amb", "geo_p", "edges")}
         n_nodes, n_edges, tracking = [], [], []
@@ -158,9 +165,9 @@ def record(preset, seed, n_frames, width, height, cache: Path):
         out.update(n_nodes=np.array(n_nodes), n_edges=np.array(n_edges), tracking=np.array(tracking),
                    work_size=np.array(work))
         return out
-    key = (f"rec_{preset}_s{seed}_{width}x{height}_{n_frames}f_v{DATA_VERSION}_"
+    key = (f"rec_{preset}_s{seed}_{width}x{height}_{n_frames}f_{frontend}_v{DATA_VERSION}_"
            f"{TRACKING_SOURCE}")
-    return dict(_load_or_make(cache / f"{key}.npz", make), **seq)
+    return dict(_load_or_make(cache / f"{key}.npz", make), **seq, frontend=frontend)
 
 
 def frames_of(rec):
@@ -268,7 +275,7 @@ def evaluate_sequence(model, rec, cfg, device, weights):
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
     # The GNN driving its own pipeline run (its outputs change the pose and hence the residuals).
     scorer = GNNScorer(cfg, weights=weights, device=str(device))
-    obs, results, pipe = run_pipeline(rec["gray"], rec["stamps"], _camera_from(rec), scorer)
+    obs, results, pipe = run_pipeline(rec["gray"], rec["stamps"], _camera_from(rec), scorer, rec["frontend"])
     ys, ps = [], []
     for f, (o, r) in enumerate(zip(obs, results)):
         obj, _ = keypoint_labels(o.px, tuple(rec["work_size"]), rec["mask"][f])
@@ -302,8 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", default="", help="metrics JSON (default: <out without suffix>.metrics.json in --cache)")
     ap.add_argument("--cache", default="/work/notes/gnn_data", help="cache of rendered/recorded sequences")
     ap.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
-    ap.add_argument("--train-seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--train-seeds", nargs="+", type=int, default=[2, 3, 4, 5, 6],
+                    help="KLT training seeds (0 and 1 are left out: the accuracy benchmark runs them)")
     ap.add_argument("--test-seeds", nargs="+", type=int, default=[100, 101])
+    ap.add_argument("--xfeat-train-seeds", nargs="*", type=int, default=[2],
+                    help="seeds also recorded with the XFeat frontend for training (XFeat is slow on a CPU: "
+                         "the default takes the 320x240 ones); none = KLT tracks only")
+    ap.add_argument("--xfeat-test-seeds", nargs="*", type=int, default=[],
+                    help="held-out seeds also evaluated with the XFeat frontend")
     ap.add_argument("--frames", type=int, default=60, help="frames per sequence (30 fps)")
     ap.add_argument("--sizes", nargs="+", default=["320x240", "640x480"],
                     help="render sizes; sequence seed s uses sizes[s %% len(sizes)]")
@@ -315,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     args = ap.parse_args(argv)
-    if set(args.train_seeds) & set(args.test_seeds):
+    if (set(args.train_seeds) | set(args.xfeat_train_seeds)) & (set(args.test_seeds) | set(args.xfeat_test_seeds)):
         ap.error("train and test seeds must differ")
     sizes = [parse_size(s) for s in args.sizes]
     cache = Path(args.cache)
@@ -329,13 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     graphs, data_stats = [], {}
+    train_runs = [("klt", s) for s in args.train_seeds] + [("xfeat", s) for s in args.xfeat_train_seeds]
     for preset in args.presets:
-        for s in args.train_seeds:
+        for frontend, s in train_runs:
             w, h = size_for(s, sizes)
-            rec = record(preset, s, args.frames, w, h, cache)
+            rec = record(preset, s, args.frames, w, h, cache, frontend)
             g = build_graphs(rec)
             graphs += g
-            data_stats[f"{preset}/{s}"] = dict(size=f"{w}x{h}", frames=len(g),
+            data_stats[f"{preset}/{s}/{frontend}"] = dict(size=f"{w}x{h}", frames=len(g),
                                                nodes=int(sum(x["x"].shape[0] for x in g)),
                                                dynamic_share=round(float(np.mean(np.concatenate([x["y"] for x in g]))), 4))
     t_data = time.perf_counter() - t0
@@ -359,35 +373,42 @@ def main(argv: list[str] | None = None) -> int:
                    loss_history=[round(x, 5) for x in history], train_data=data_stats)
     if not args.no_eval:
         t2 = time.perf_counter()
-        per, pooled = {}, {}
-        for preset in args.presets:
-            parts = []
-            for s in args.test_seeds:
-                w, h = size_for(s, sizes)
-                parts.append(evaluate_sequence(model, record(preset, s, args.frames, w, h, cache), cfg, device, str(out)))
-            c = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "gnn_tracking_frames"}
-            per[preset] = summarise(c)
-            per[preset]["gnn_pipeline_tracking_frames"] = int(sum(p["gnn_tracking_frames"] for p in parts))
-            for k, v in c.items():
-                pooled.setdefault(k, []).append(v)
-            print(f"{preset:14s} F1 per-frame gnn {per[preset]['frame_gnn']['f1']:.3f} geo {per[preset]['frame_geo']['f1']:.3f}"
-                  f" | pipeline gnn {per[preset]['pipeline_gnn']['f1']:.3f} geo {per[preset]['pipeline_geo']['f1']:.3f}"
-                  f" | edge acc gnn {per[preset]['edge_gnn']['accuracy']:.3f} geo {per[preset]['edge_geo']['accuracy']:.3f}",
-                  flush=True)
-        metrics["held_out"] = dict(seeds=args.test_seeds,
-                                   sizes={s: "x".join(map(str, size_for(s, sizes))) for s in args.test_seeds},
-                                   per_preset=per,
-                                   all=summarise({k: np.concatenate(v) for k, v in pooled.items()}),
-                                   eval_seconds=round(time.perf_counter() - t2, 1))
-        a = metrics["held_out"]["all"]
-        print(f"{'all':14s} F1 per-frame gnn {a['frame_gnn']['f1']:.3f} geo {a['frame_geo']['f1']:.3f}"
-              f" | pipeline gnn {a['pipeline_gnn']['f1']:.3f} geo {a['pipeline_geo']['f1']:.3f}"
-              f" | edge acc gnn {a['edge_gnn']['accuracy']:.3f} geo {a['edge_geo']['accuracy']:.3f}")
+        for frontend, seeds in (("klt", args.test_seeds), ("xfeat", args.xfeat_test_seeds)):
+            if seeds:
+                key = "held_out" if frontend == "klt" else f"held_out_{frontend}"
+                metrics[key] = evaluate(model, args, seeds, sizes, cache, cfg, device, out, frontend)
+        metrics["eval_seconds"] = round(time.perf_counter() - t2, 1)
     mpath = Path(args.metrics) if args.metrics else cache / (out.stem + ".metrics.json")
     mpath.parent.mkdir(parents=True, exist_ok=True)
     mpath.write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"metrics -> {mpath}; total {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def evaluate(model, args, seeds, sizes, cache, cfg, device, out, frontend):
+    """Held-out scores per preset and pooled, for the tracks of one frontend."""
+    per, pooled = {}, {}
+    for preset in args.presets:
+        parts = []
+        for s in seeds:
+            w, h = size_for(s, sizes)
+            parts.append(evaluate_sequence(model, record(preset, s, args.frames, w, h, cache, frontend),
+                                           cfg, device, str(out)))
+        c = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "gnn_tracking_frames"}
+        per[preset] = summarise(c)
+        per[preset]["gnn_pipeline_tracking_frames"] = int(sum(p["gnn_tracking_frames"] for p in parts))
+        for k, v in c.items():
+            pooled.setdefault(k, []).append(v)
+        print(f"{frontend:5s} {preset:14s} F1 per-frame gnn {per[preset]['frame_gnn']['f1']:.3f} geo {per[preset]['frame_geo']['f1']:.3f}"
+              f" | pipeline gnn {per[preset]['pipeline_gnn']['f1']:.3f} geo {per[preset]['pipeline_geo']['f1']:.3f}"
+              f" | edge acc gnn {per[preset]['edge_gnn']['accuracy']:.3f} geo {per[preset]['edge_geo']['accuracy']:.3f}",
+              flush=True)
+    a = summarise({k: np.concatenate(v) for k, v in pooled.items()})
+    print(f"{frontend:5s} {'all':14s} F1 per-frame gnn {a['frame_gnn']['f1']:.3f} geo {a['frame_geo']['f1']:.3f}"
+          f" | pipeline gnn {a['pipeline_gnn']['f1']:.3f} geo {a['pipeline_geo']['f1']:.3f}"
+          f" | edge acc gnn {a['edge_gnn']['accuracy']:.3f} geo {a['edge_geo']['accuracy']:.3f}", flush=True)
+    return dict(frontend=frontend, seeds=list(seeds), sizes={s: "x".join(map(str, size_for(s, sizes))) for s in seeds},
+                per_preset=per, all=a)
 
 
 def summarise(c):
