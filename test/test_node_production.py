@@ -343,18 +343,28 @@ def test_sigterm_while_busy_shuts_down_cleanly(session, seq):
     assert "Traceback" not in log and "pipeline error" not in log, log[-2000:]
 
 
-def test_sigterm_during_a_frame_longer_than_the_shutdown_timeout(session, seq):
+@pytest.mark.parametrize("staged", [False, True])
+def test_sigterm_during_a_frame_longer_than_the_shutdown_timeout(session, seq, staged):
     """A frame that outlasts the 5 s worker join (here: a deliberately huge field fit). Before
     the fix in node.main the interpreter was finalised under the busy torch thread and the
-    process aborted (std::terminate, exit code -6)."""
+    process aborted (std::terminate, exit code -6). Sequential: the worker is stuck in the frame
+    and frames pile up as drops. Staged: poses keep coming while the dense thread is stuck in
+    the fit, so the node is busy once poses flow and no cloud has come for a while."""
     s = session(params={"field_enabled": True, "field_steps_per_frame": 200, "field_hidden": 256,
-                        "field_layers": 5, "field_batch_size": 4096})
+                        "field_layers": 5, "field_batch_size": 4096, "staged_pipeline": staged})
     stamp = int(seq.stamps_ns[0])
     deadline = time.monotonic() + 60
-    # Feed frames until the worker has been stuck in one frame for a while (frames pile up as
-    # drops: ~10 per second at this rate).
     i = 0
-    while s.counter("frames_dropped") < 10:
+    first_pose = None
+
+    def busy() -> bool:
+        nonlocal first_pose
+        if not staged:
+            return s.counter("frames_dropped") >= 10
+        if first_pose is None and len(s.rec.odom) >= 3:
+            first_pose = time.monotonic()
+        return first_pose is not None and time.monotonic() - first_pose > 2.0
+    while not busy():
         assert time.monotonic() < deadline, "the node never got busy"
         s.pub_info.publish(info_msg(seq.K, 320, 240, stamp))
         s.pub_image.publish(image_msg(seq.rgb[i % len(seq.rgb)], stamp, FRAME_ID))

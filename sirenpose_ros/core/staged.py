@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import traceback
 from typing import Callable
 
@@ -122,14 +123,18 @@ class StagedRunner:
         self.drain()
         self.pipeline.reset()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the stage threads, then the pipeline's map worker process."""
+    def close(self, timeout: float = 5.0) -> bool:
+        """Stop the stage threads (waiting at most ``timeout`` seconds for all of them, e.g.
+        while one is inside a long field fit), then the pipeline's map worker process. Returns
+        False when a stage thread is still running (it is a daemon thread)."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
         self.pipeline.close()
+        return not any(t.is_alive() for t in self._threads)
 
     # ------------------------------------------------------------------ stages
     def _fail(self, stage: str, exc: BaseException) -> None:

@@ -647,14 +647,17 @@ class SirenPoseNode(Node):
         self.pub_diag.publish(msg)
 
     def shutdown(self) -> bool:
-        """Stop the worker; False when it is still inside a frame after the timeout."""
+        """Stop the worker and the stage threads (5 s in all); False when one is still inside a
+        frame after that."""
+        deadline = time.monotonic() + 5.0
         with self._cond:
             self._stop = True
             self._cond.notify()
         self._worker.join(timeout=5.0)
+        stages_done = True
         if self._runner is not None:
-            self._runner.close(timeout=5.0)
-        if self._worker.is_alive():
+            stages_done = self._runner.close(timeout=max(0.0, deadline - time.monotonic()))
+        if self._worker.is_alive() or not stages_done:
             self.get_logger().warning("worker still inside a frame after 5 s: exiting without it")
             return False
         return True

@@ -54,7 +54,7 @@ STILL_EPS = 1e-9                    # relative spread below which estimated posi
 # The product's defaults are the method: KLT frontend (the learned XFeat frontend is an option
 # that wants a GPU), motion GNN scorer, SIREN field, SirenPose joint refinement. Each ablation
 # row changes one thing.
-XFEAT = {"pipeline_frontend": "xfeat", "graph_scorer": "geometric"}
+XFEAT = {"pipeline_frontend": "xfeat"}
 # The SirenPose physics-inspired terms: velocity and acceleration consistency of dynamic
 # keypoints, and of the camera.
 PHYSICS_OFF = {"loss_velocity_weight": 0.0, "loss_acceleration_weight": 0.0,
@@ -90,8 +90,8 @@ ROWS: dict[str, Row] = {
     "no_field": Row("no SIREN field (sparse only)", {"field_enabled": False},
                     note="no dense depth: depth columns and mask IoU empty"),
     "learned_frontend": Row("learned frontend (XFeat + LighterGlue)", XFEAT,
-                            note="XFeat + LighterGlue on the CPU; geometric scorer (the motion "
-                                 "GNN was trained on KLT tracks)"),
+                            note="XFeat + LighterGlue on the CPU, motion GNN (trained on KLT "
+                                 "and XFeat tracks)"),
     "sfm": Row("offline SfM reference (COLMAP)", kind="sfm", dynamic_output=False,
                note="pycolmap SIFT, sequential matching, incremental mapping, fixed K"),
     "sfm_masked": Row("offline SfM, moving objects masked (oracle)", kind="sfm",
