@@ -37,16 +37,15 @@ elif [ "$stage" = staged ]; then
 elif [ "$stage" = staged-xfeat ]; then
   x="--staged --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda"
   python3 scripts/gpu_frontend_bench.py --out "$OUT/frontend.json" || echo "frontend bench failed"
-  bench --size 640x480,1280x720 --label gpu-xfeat-lg-dense-staged $x --param graph_scorer:=geometric \
+  bench --size 640x480,1280x720 --label gpu-xfeat-lg-dense-staged $x --param gnn_device:=cuda \
         --json "$OUT/gpu_xfeat_lg_staged.json"
-  bench --size 640x480,1280x720 --label gpu-xfeat-lg-dense-staged-60hz $x --param graph_scorer:=geometric \
-        --camera-rate 60 --json "$OUT/gpu_xfeat_lg_staged_60hz.json"
-  bench --size 640x480 --label gpu-xfeat-lg-gnn-staged-60hz $x --param gnn_device:=cuda --camera-rate 60 \
-        --json "$OUT/gpu_xfeat_lg_gnn_staged_60hz.json"
+  bench --size 640x480 --label gpu-xfeat-lg-dense-staged-30hz $x --param gnn_device:=cuda --camera-rate 30 \
+        --json "$OUT/gpu_xfeat_lg_staged_30hz.json"
+  bench --size 640x480 --label gpu-xfeat-lg-dense-staged-60hz $x --param gnn_device:=cuda --camera-rate 60 \
+        --json "$OUT/gpu_xfeat_lg_staged_60hz.json"
 else
-  # Learned frontend on the GPU. The motion GNN was trained on KLT tracks, so these rows use
-  # the geometric scorer (see docs/benchmarks.md).
-  x="--param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --param graph_scorer:=geometric"
+  # Learned frontend on the GPU with the motion GNN (v3 is trained on KLT and XFeat tracks).
+  x="--param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --param gnn_device:=cuda"
   bench --size 640x480,1280x720 --label gpu-xfeat-lg-dense $x --json "$OUT/gpu_xfeat_lg.json"
   bench --size 640x480 --label gpu-xfeat-mnn-dense $x --param xfeat_matcher:=mnn --json "$OUT/gpu_xfeat_mnn.json"
 fi
