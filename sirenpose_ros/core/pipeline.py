@@ -44,7 +44,7 @@ from sirenpose_ros.core.config import Config, make_config
 from sirenpose_ros.core.frontend import KLTFrontend
 from sirenpose_ros.core.graph import KeypointGraph
 from sirenpose_ros.core.joint import JointWindowRefiner, apply_to_window, snapshot_from_window, warm_start
-from sirenpose_ros.core.map_worker import uses_field
+from sirenpose_ros.core.map_worker import MapWorker, uses_field
 from sirenpose_ros.core.params import ParamSpec
 from sirenpose_ros.core.types import Cloud, Frame, FrameResult, TrackingState
 from sirenpose_ros.core.camera import CameraModel
@@ -127,7 +127,6 @@ class Pipeline:
         self.lock = threading.Lock()   # the window, between the pose and the map stages
         self._map_worker = None
         if async_mapping and self.cfg.pipeline_map_process:
-            from sirenpose_ros.core.map_worker import MapWorker
             self._map_worker = MapWorker(dict(self.cfg))
         self._map_committed = threading.Condition(self.lock)
         self.field = field_mod.DepthFieldEstimator(self.cfg) if self.cfg.field_enabled else None

@@ -171,8 +171,10 @@ class StagedRunner:
     def _offer_dense(self, job: dict) -> None:
         with self._cond:
             if job["wres"].is_keyframe:
-                # At most one keyframe is in flight (the window decides no new one until the
-                # last is committed), so this slot is free; a later one would supersede it.
+                # The window decides no new keyframe until the last one is committed, so a job
+                # still waiting here can only be a keyframe whose insertion is done or not needed
+                # (initialisation); the newer job takes its place (map_job inserts whatever
+                # keyframe is pending, and refines the window as it is then).
                 self._map_in = job
             waiting = self._dense_in
             if waiting is not None and waiting["wres"].is_keyframe and not job["wres"].is_keyframe:
