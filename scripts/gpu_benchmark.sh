@@ -7,8 +7,9 @@
 #                 with a 60 Hz camera, and the sequential CPU reference for the pose agreement
 #   stage=staged-xfeat: the learned frontend through the overlapped stages, and the frontend
 #                 micro-benchmark (scripts/gpu_frontend_bench.py)
+#   stage=staged-proc: the learned frontend in a child process vs on the caller's thread
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat [commit]}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc [commit]}"
 commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -43,6 +44,21 @@ elif [ "$stage" = staged-xfeat ]; then
         --json "$OUT/gpu_xfeat_lg_staged_30hz.json"
   bench --size 640x480 --label gpu-xfeat-lg-dense-staged-60hz $x --param gnn_device:=cuda --camera-rate 60 \
         --json "$OUT/gpu_xfeat_lg_staged_60hz.json"
+elif [ "$stage" = staged-proc ]; then
+  # The learned frontend in its own process (pipeline_frontend_process), with and without the
+  # overlapped frontend and a dense-rate cap, against the frontend on the caller's thread.
+  x="--staged --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --param gnn_device:=cuda"
+  bench --size 640x480 --label xfeat-staged-thread $x --param pipeline_frontend_process:=off \
+        --json "$OUT/x_thread.json"
+  bench --size 640x480 --label xfeat-staged-proc $x --json "$OUT/x_proc.json"
+  bench --size 640x480 --label xfeat-staged-proc-overlap $x --param pipeline_overlap_frontend:=true \
+        --json "$OUT/x_proc_overlap.json"
+  bench --size 640x480,1280x720 --label xfeat-staged-proc-overlap-dense20 $x --param pipeline_overlap_frontend:=true \
+        --param pipeline_dense_max_hz:=20 --json "$OUT/x_proc_overlap_d20.json"
+  bench --size 640x480 --label xfeat-staged-proc-overlap-dense20-60hz $x --param pipeline_overlap_frontend:=true \
+        --param pipeline_dense_max_hz:=20 --camera-rate 60 --json "$OUT/x_proc_overlap_d20_60.json"
+  bench --size 640x480 --label xfeat-staged-proc-dense20-60hz $x --param pipeline_dense_max_hz:=20 \
+        --camera-rate 60 --json "$OUT/x_proc_d20_60.json"
 else
   # Learned frontend on the GPU with the motion GNN (v3 is trained on KLT and XFeat tracks).
   x="--param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --param gnn_device:=cuda"

@@ -151,6 +151,22 @@ def test_dense_every_n_frames_keeps_keyframes(easy):
     assert all(r.depth is not None for r in mapped if r.is_keyframe)
 
 
+def test_dense_rate_limit_spaces_clouds_in_camera_time_and_keeps_keyframes(easy):
+    fps = 1e9 / float(np.median(np.diff(easy.stamps_ns)))
+    hz = fps / 3.0
+    pipe = Pipeline(make_config({"field_steps_per_frame": 1, "field_hidden": 16,
+                                 "pipeline_dense_max_hz": hz}))
+    cam = _camera(easy)
+    rs = [pipe.process(_frame(easy, i, cam)) for i in range(16)]
+    mapped = [r for r in rs if r.keypoint_depth is not None and np.isfinite(r.keypoint_depth).any()]
+    dense = [r for r in mapped if r.depth is not None]
+    assert 0 < len(dense) < len(mapped)
+    assert all(r.depth is not None for r in mapped if r.is_keyframe)
+    for prev, r in zip(dense, dense[1:]):
+        if not r.is_keyframe:
+            assert (r.stamp_ns - prev.stamp_ns) * 1e-9 >= 0.9 / hz
+
+
 def test_nearly_still_camera_is_tracked_by_rotation():
     """The 'still' preset (millimetre jitter, no parallax) never initialises 6-DoF; it is tracked
     from the first frame with rotation-only poses."""

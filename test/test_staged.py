@@ -206,7 +206,9 @@ def test_map_worker_process_computes_what_the_thread_computes(fast_seq):
     w = _window_with_pending_keyframe(fast_seq)
     job = w.begin_map_job()
     local = copy.deepcopy(job.map.__dict__)
-    worker = MapWorker(dict(w.cfg))
+    # The depth-consistency term on: the refinement reads the field (second part below).
+    cfg = make_config({**dict(w.cfg), "loss_depth_weight": 1.0})
+    worker = MapWorker(dict(cfg))
     try:
         worker.run_map_job(job)
         here = type(job)(w, job.keyframe_args)
@@ -226,10 +228,27 @@ def test_map_worker_process_computes_what_the_thread_computes(fast_seq):
         cam = CameraModel.pinhole(320, 240, fast_seq.K[0, 0], fast_seq.K[1, 1], fast_seq.K[0, 2], fast_seq.K[1, 2])
         snap = snapshot_from_window(w, G(), w.keyframes[-1].ids, cam, w.cfg)
         remote = worker.refine(snap)
-        local_res = JointWindowRefiner(w.cfg).refine(snap, None)
+        local_res = JointWindowRefiner(cfg).refine(snap, None)
         assert remote.iterations == local_res.iterations
         assert np.allclose(remote.T_cw, local_res.T_cw, atol=1e-9)
         assert np.allclose(remote.X, local_res.X, atol=1e-9)
+
+        # With a fitted field: the child reads a frozen copy of it and computes what the
+        # refinement computes here with the field itself.
+        from sirenpose_ros.core.field import DepthFieldEstimator, FrozenField
+        field = DepthFieldEstimator(w.cfg)
+        rng = np.random.default_rng(0)
+        for t in snap.times_s:
+            uv = rng.uniform(-1, 1, (200, 2)).astype(np.float32)
+            field.update(float(t), uv, (0.3 + 0.1 * uv[:, 0]).astype(np.float32),
+                         np.ones(200, np.float32))
+        assert field.fitted
+        remote_f = worker.refine(snap, FrozenField(field))
+        local_f = JointWindowRefiner(cfg).refine(snap, field)
+        assert local_f.losses.get("depth", 0.0) > 0
+        assert np.allclose(remote_f.T_cw, local_f.T_cw, atol=1e-9)
+        assert np.allclose(remote_f.X, local_f.X, atol=1e-9)
+        assert not np.allclose(local_f.X, local_res.X, atol=1e-6)   # the field took part
     finally:
         worker.close()
     with pytest.raises(RuntimeError, match="exited"):

@@ -240,6 +240,34 @@ class SirenField(torch.nn.Module):
         return torch.exp(self.log_inv_depth(x).clamp(-30.0, 30.0))
 
 
+class FrozenField:
+    """A read-only copy of a fitted field for another process (the joint refinement in the map
+    worker, ``core/map_worker.py``): the network's weights as NumPy arrays (plain pickle, see
+    ``core/child.py``) and what maps a frame time to the field's time axis.
+
+    :meth:`module` rebuilds an object with the attributes the joint refinement reads from a
+    :class:`DepthFieldEstimator`: ``net``, ``device``, ``fitted``, ``newest_time``,
+    ``horizon_s``, all on the CPU (a few thousand points through a 64-wide network)."""
+
+    def __init__(self, field: "DepthFieldEstimator"):
+        self.hidden, self.layers, self.omega0 = field.hidden, field.layers, field.omega0
+        self.horizon_s = field.horizon_s
+        self.newest_time = field.newest_time
+        self.fitted = field.fitted
+        with torch.no_grad():
+            self.weights = {k: v.detach().to("cpu").numpy().copy()
+                            for k, v in field.net.state_dict().items()}
+
+    def module(self) -> "FrozenField":
+        net = SirenField(self.hidden, self.layers, self.omega0)
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in self.weights.items()})
+        net.eval()
+        out = FrozenField.__new__(FrozenField)
+        out.__dict__.update(self.__dict__)
+        out.net, out.device = net, torch.device("cpu")
+        return out
+
+
 class DepthFieldEstimator:
     """Online fit of a :class:`SirenField` to keypoint inverse depths of the recent frames."""
 

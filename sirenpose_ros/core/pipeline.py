@@ -44,7 +44,7 @@ from sirenpose_ros.core.config import Config, make_config
 from sirenpose_ros.core.frontend import KLTFrontend
 from sirenpose_ros.core.graph import KeypointGraph
 from sirenpose_ros.core.joint import JointWindowRefiner, apply_to_window, snapshot_from_window, warm_start
-from sirenpose_ros.core.map_worker import MapWorker, uses_field
+from sirenpose_ros.core.map_worker import MapWorker, refines_in_child
 from sirenpose_ros.core.params import ParamSpec
 from sirenpose_ros.core.types import Cloud, Frame, FrameResult, TrackingState
 from sirenpose_ros.core.camera import CameraModel
@@ -56,8 +56,10 @@ PARAMS = [
     ParamSpec("pipeline_frontend", "klt", "Keypoint frontend: 'klt' (corners + pyramidal KLT: fast on CPUs, most precise positions) or 'xfeat' (learned XFeat keypoints associated with LighterGlue or mutual nearest neighbours: robust to fast motion and blur, wants a GPU; see xfeat_* parameters).", choices=("klt", "xfeat")),
     ParamSpec("pipeline_torch_threads", 1, "Torch CPU threads (field fit, learned networks on the CPU); 1 avoids OpenMP contention with the estimator on small CPUs; 0 leaves torch's default.", 0, 256),
     ParamSpec("pipeline_dense_every", 1, "Run the dense stages (field fit, cloud) on every N-th tracked frame, and on every keyframe, so that a slow CPU keeps up with the pose stream; 1 = every frame.", 1, 1000),
+    ParamSpec("pipeline_dense_max_hz", 0.0, "Run the dense stages (field fit, cloud) at most this often per second of camera time (keyframes always run); a 60 Hz camera rarely needs 60 clouds a second, and every skipped field fit leaves CPU time to the pose stage. 0 = no limit. A frame counts as due when at least 0.9/rate seconds passed since the last dense frame (camera jitter).", 0.0, 1000.0),
     ParamSpec("pipeline_overlap_frontend", False, "Staged mode: compute the next frame's keypoints while the pose stage solves the current one (higher frame rate when both stages are busy; a frame may wait for the previous pose, adding up to one pose-stage time of latency). False (default): a frame enters the frontend only when the pose stage is idle (lowest image-to-TF latency; on the H100 it also gave the higher frame rate with the learned frontend, whose many small GPU launches compete with the pose stage for Python's GIL, see docs/benchmarks.md).", None, None),
-    ParamSpec("pipeline_map_process", True, "Staged mode: run keyframe triangulation + bundle adjustment and the joint refinement in a child process instead of a thread, so that they do not hold Python's GIL against the pose stage (the joint refinement stays in-process when it reads or trains the field).", None, None),
+    ParamSpec("pipeline_map_process", True, "Staged mode: run keyframe triangulation + bundle adjustment and the joint refinement in a child process instead of a thread, so that they do not hold Python's GIL against the pose stage (the joint refinement reads a frozen copy of the field there; it stays in-process when it trains the field, joint_field_steps > 0).", None, None),
+    ParamSpec("pipeline_frontend_process", "auto", "Staged mode: run the keypoint frontend in a child process, so that its Python work (the learned frontend issues ~100 small GPU launches per frame) does not hold the GIL against the pose and dense stages. 'auto': on for the learned frontend on a CUDA device, off otherwise (KLT spends its time inside OpenCV, which releases the GIL: a process only adds the image copy).", choices=("auto", "on", "off")),
     ParamSpec("pipeline_map_lag_frames", 2, "Staged mode: after this many frames in a row that wanted a keyframe while the map stage was busy, the next pose waits for the map (a map a few frames old still tracks well; one that falls further behind a fast camera does not).", 1, 1000),
     ParamSpec("pipeline_map_wait_s", 1.0, "Staged mode: when a frame needs a keyframe while the map stage is still inserting the previous one, the next pose waits for it at most this long (seconds).", 0.0, 60.0),
     ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
@@ -119,7 +121,8 @@ class Pipeline:
         if self.cfg.pipeline_torch_threads > 0:
             import torch
             torch.set_num_threads(self.cfg.pipeline_torch_threads)
-        self.frontend = make_frontend(self.cfg)
+        self._async = bool(async_mapping)
+        self.frontend = self._make_frontend()
         self.graph = KeypointGraph(self.cfg)
         # async_mapping: the window never inserts keyframes inline; densify_job() does (on the
         # dense thread of core/staged.py).
@@ -141,6 +144,7 @@ class Pipeline:
         self._last_stamp = None
         self._dense_ctx = None       # what densify() needs from the latest track()
         self._tracked_count = 0      # tracked frames since the dense state was reset
+        self._last_dense_stamp = None  # stamp of the last frame the dense stage was due for
         # The pose stage starts a new dense world (field, voxel map, joint warm start) by bumping
         # _world; the dense stage resets its state when a job of a newer world arrives, so
         # the pose stage never touches dense state another thread may be using.
@@ -148,19 +152,43 @@ class Pipeline:
         self._dense_world = 0
         self._map_world = 0
 
+    def _frontend_in_process(self) -> bool:
+        mode = self.cfg.pipeline_frontend_process
+        if not self._async or mode == "off":
+            return False
+        if mode == "on":
+            return True
+        if self.cfg.pipeline_frontend != "xfeat":
+            return False
+        from sirenpose_ros.core.field import resolve_device
+        return self.cfg.xfeat_device != "cpu" and resolve_device(self.cfg.xfeat_device).type == "cuda"
+
+    def _make_frontend(self):
+        if self._frontend_in_process():
+            from sirenpose_ros.core.frontend_worker import FrontendProcess
+            return FrontendProcess(dict(self.cfg))
+        return make_frontend(self.cfg)
+
     def close(self) -> None:
-        """Stop the map worker process, if any (the pipeline is unusable afterwards)."""
+        """Stop the child processes, if any (the pipeline is unusable afterwards)."""
         if self._map_worker is not None:
             self._map_worker.close()
             self._map_worker = None
+        if hasattr(self.frontend, "close"):
+            self.frontend.close()
 
     @property
     def runtime(self) -> str:
         """What runs where, for logs and /diagnostics."""
         parts = [f"frontend {self.cfg.pipeline_frontend}"]
+        details = []
         if self.cfg.pipeline_frontend == "xfeat":
             runners = [getattr(r, "backend", "?") for r in getattr(self.frontend, "runners", [])]
-            parts[-1] += f" ({', '.join(runners) or self.cfg.xfeat_backend})"
+            details.append(", ".join(runners) or self.cfg.xfeat_backend)
+        if getattr(self.frontend, "pid", None) is not None:
+            details.append(f"in child process {self.frontend.pid}")
+        if details:
+            parts[-1] += f" ({'; '.join(details)})"
         if self.field is not None:
             parts.append(f"field {self.field.device.type}")
         return ", ".join(parts)
@@ -178,7 +206,9 @@ class Pipeline:
             return "SIREN field moved to the CPU"
         if self.cfg.pipeline_frontend == "xfeat" and self.cfg.xfeat_top_k >= 128:
             self.cfg = Config({**self.cfg, "xfeat_top_k": self.cfg.xfeat_top_k // 2})
-            self.frontend = make_frontend(self.cfg)
+            if hasattr(self.frontend, "close"):
+                self.frontend.close()
+            self.frontend = self._make_frontend()
             return f"learned frontend keypoints halved to {self.cfg.xfeat_top_k}"
         return "nothing left to reduce"
 
@@ -202,6 +232,7 @@ class Pipeline:
 
     def _new_dense_world(self) -> None:
         self._tracked_count = 0
+        self._last_dense_stamp = None
         self._world += 1
 
     def _reset_dense(self) -> None:
@@ -318,11 +349,19 @@ class Pipeline:
             reset=reset, new_world=new_world, message="; ".join(messages), timings_ms=timings)
         if wres.state == TrackingState.TRACKING:
             self._tracked_count += 1
-        due = wres.is_keyframe or (self._tracked_count - 1) % int(self.cfg.pipeline_dense_every) == 0
+        due = wres.is_keyframe or ((self._tracked_count - 1) % int(self.cfg.pipeline_dense_every) == 0
+                                   and self._dense_rate_allows(frame.stamp_ns))
+        if due and wres.state == TrackingState.TRACKING:
+            self._last_dense_stamp = frame.stamp_ns
         self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, ids=ids,
                                wres=wres, graph=g, world=self._world, dense_due=due)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return result
+
+    def _dense_rate_allows(self, stamp_ns: int) -> bool:
+        hz = float(self.cfg.pipeline_dense_max_hz)
+        last = self._last_dense_stamp
+        return hz <= 0 or last is None or stamp_ns < last or (stamp_ns - last) * 1e-9 >= 0.9 / hz
 
     def _refine_window(self, g, ids: np.ndarray, cam) -> None:
         """SirenPose joint refinement of the window (keyframes only): poses, landmarks and the
@@ -338,8 +377,11 @@ class Pipeline:
             return
         if self._joint_prev is not None:
             warm_start(snap, *self._joint_prev)
-        if self._map_worker is not None and not uses_field(self.cfg):
-            res = self._map_worker.refine(snap)
+        if self._map_worker is not None and refines_in_child(self.cfg):
+            frozen = None
+            if self.field is not None and self.field.fitted and float(self.cfg.loss_depth_weight) > 0:
+                frozen = field_mod.FrozenField(self.field)
+            res = self._map_worker.refine(snap, frozen)
         else:
             res = self.joint.refine(snap, self.field)
         with self.lock:

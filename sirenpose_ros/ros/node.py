@@ -31,6 +31,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
+from sirenpose_ros.core.child import error_type
 from sirenpose_ros.core.config import make_config, pipeline_params
 from sirenpose_ros.core.params import ParamError, ParamSpec, validate
 from sirenpose_ros.core.pipeline import Pipeline
@@ -323,7 +324,7 @@ class SirenPoseNode(Node):
                     # SIGINT/SIGTERM shut the context down while this frame was in flight: its
                     # publish fails; that is shutdown, not a pipeline error to log and count.
                     return
-                if type(exc).__name__ == "OutOfMemoryError":
+                if error_type(exc) == "OutOfMemoryError":
                     self.counters.inc("gpu_out_of_memory")
                     how = self.pipeline.degrade() if hasattr(self.pipeline, "degrade") else "reset"
                     self.get_logger().warning(f"GPU out of memory: {how}")
@@ -343,7 +344,7 @@ class SirenPoseNode(Node):
         thread must not drain the stages it is part of)."""
         if self._stop or not self.context.ok():
             return
-        if type(exc).__name__ == "OutOfMemoryError":
+        if error_type(exc) == "OutOfMemoryError":
             self.counters.inc("gpu_out_of_memory")
             self._degrade_requested = True
             self._reset_reason = "GPU out of memory"
