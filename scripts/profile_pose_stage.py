@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import pstats
 import time
@@ -32,6 +33,10 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/render"))
     ap.add_argument("--param", action="append", default=[])
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--no-profile", action="store_true", help="time only (no cProfile overhead)")
+    ap.add_argument("--gc", choices=("on", "freeze", "off"), default="on",
+                    help="Python's cyclic GC during the measured frames: on, gc.freeze() after "
+                         "the warm-up, or disabled")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     seq = cached_frames(args.preset, 0, args.frames, w, h, args.cache_dir, workers=4)
@@ -45,8 +50,11 @@ def main() -> None:
         for i, buf in enumerate(seq.images):
             gray, rgb = decode_image("rgb8", w, h, w * 3, buf)
             obs = pipe.observe(Frame(int(i * 1e9 / seq.fps), gray, rgb, cam))
+            if i == args.warmup and args.gc != "on":
+                gc.collect()
+                gc.freeze() if args.gc == "freeze" else gc.disable()
             t0 = time.perf_counter()
-            if i >= args.warmup:
+            if i >= args.warmup and not args.no_profile:
                 prof.enable()
             r = pipe.estimate(obs)
             if i >= args.warmup:
@@ -57,7 +65,10 @@ def main() -> None:
         pipe.close()
     t = np.array(times)
     print(f"estimate(): mean {t.mean():.2f} ms, p50 {np.median(t):.2f}, p99 {np.percentile(t, 99):.2f} "
-          f"over {len(t)} frames ({pipe.runtime}; params {args.param})")
+          f"over {len(t)} frames ({pipe.runtime}; params {args.param}; gc {args.gc}; "
+          f"{'time only' if args.no_profile else 'under cProfile'})")
+    if args.no_profile:
+        return
     for key in ("tottime", "cumtime"):
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats(key).print_stats(args.top)
