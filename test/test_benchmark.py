@@ -71,6 +71,15 @@ def test_cached_frames_are_reused(run_doc):
     assert seq.T_world_cam.shape == (8, 4, 4)
 
 
+def test_sequence_rendered_at_a_higher_rate_moves_less_per_frame(tmp_path):
+    a = B.cached_frames("easy", 0, 4, SIZE[0], SIZE[1], tmp_path)
+    b = B.cached_frames("easy", 0, 4, SIZE[0], SIZE[1], tmp_path, fps=60.0)
+    assert b.fps == 60.0 and (tmp_path / f"easy_s0_{SIZE[0]}x{SIZE[1]}_4f_60fps.npz").is_file()
+    step = lambda s: np.linalg.norm(s.T_world_cam[1][:3, 3] - s.T_world_cam[0][:3, 3])  # noqa: E731
+    assert step(b) == pytest.approx(step(a) / 2, rel=0.05)
+    assert B.cached_frames("easy", 0, 4, SIZE[0], SIZE[1], tmp_path, fps=60.0).fps == 60.0
+
+
 def test_pingpong_keeps_motion_continuous():
     idx = B.pingpong(4, 11)
     assert idx.tolist() == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2]

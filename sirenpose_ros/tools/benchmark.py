@@ -136,17 +136,18 @@ def render_frames(preset: str, seed: int, n_frames: int, width: int, height: int
 
 
 def cached_frames(preset: str, seed: int, n_frames: int, width: int, height: int,
-                  cache_dir: Path | None, workers: int = 1) -> BenchSequence:
+                  cache_dir: Path | None, workers: int = 1, fps: float = 30.0) -> BenchSequence:
     """:func:`render_frames`, stored as an uncompressed .npz under ``cache_dir`` (None: no cache)."""
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{preset}_s{seed}_{width}x{height}_{n_frames}f.npz"
+        rate = "" if fps == 30.0 else f"_{fps:g}fps"
+        path = Path(cache_dir) / f"{preset}_s{seed}_{width}x{height}_{n_frames}f{rate}.npz"
         if path.is_file():
             with np.load(path) as z:
                 rgb = z["rgb"]
                 return BenchSequence(f"{preset}/seed{seed}", width, height, float(z["fps"]),
                                      z["K"], z["T"], [f.tobytes() for f in rgb])
-    seq = render_frames(preset, seed, n_frames, width, height, workers=workers)
+    seq = render_frames(preset, seed, n_frames, width, height, fps=fps, workers=workers)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         rgb = np.stack([np.frombuffer(b, np.uint8).reshape(height, width, 3) for b in seq.images])
@@ -932,6 +933,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="distinct frames rendered (default --frames); fewer are replayed ping-pong")
     ap.add_argument("--preset", default="easy", help="synthetic preset (default easy)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fps", type=float, default=30.0,
+                    help="frame rate the sequence is rendered at (default 30): the camera motion per "
+                         "frame, and the stamps, follow it; measure a 60 Hz camera on a 60 fps "
+                         "rendering, or the camera moves twice as far between frames as a real one")
     ap.add_argument("--sequence", type=Path, default=None,
                     help="a directory written by write_sequence instead of rendering (one size)")
     ap.add_argument("--cache-dir", type=Path, default=Path(os.environ.get(
@@ -997,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             t0 = time.perf_counter()
             seq = cached_frames(args.preset, args.seed, args.render_frames or args.frames, w, h,
-                                cache, args.render_workers)
+                                cache, args.render_workers, fps=args.fps)
             print(f"[benchmark] {len(seq)} frames {w}x{h} ready in {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr)
         label = args.label or ("live" if args.mode == "live" else "pipeline")
