@@ -8,8 +8,9 @@
 #   stage=staged-xfeat: the learned frontend through the overlapped stages, and the frontend
 #                 micro-benchmark (scripts/gpu_frontend_bench.py)
 #   stage=staged-proc: the learned frontend in a child process vs on the caller's thread
+#   stage=rt60: the real-time target (60 Hz camera, learned frontend, dense clouds)
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc [commit]}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60 [commit]}"
 commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -44,6 +45,21 @@ elif [ "$stage" = staged-xfeat ]; then
         --json "$OUT/gpu_xfeat_lg_staged_30hz.json"
   bench --size 640x480 --label gpu-xfeat-lg-dense-staged-60hz $x --param gnn_device:=cuda --camera-rate 60 \
         --json "$OUT/gpu_xfeat_lg_staged_60hz.json"
+elif [ "$stage" = rt60 ]; then
+  # The real-time target: a 60 Hz camera (sequence rendered at 60 fps), learned frontend in its
+  # own process, dense clouds; unpaced (throughput) and paced at 60 Hz; both sizes; KLT alongside;
+  # the sequential CPU run of the same sequence as the pose reference.
+  x="--staged --fps 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --param gnn_device:=cuda"
+  k="--staged --fps 60 --param field_device:=cuda --param gnn_device:=cuda"
+  bench --size 640x480,1280x720 --label xfeat-60fps $x --json "$OUT/rt_x.json"
+  bench --size 640x480,1280x720 --label xfeat-60fps-cam60 $x --camera-rate 60 --json "$OUT/rt_x_cam60.json"
+  bench --size 640x480 --label xfeat-60fps-cam60-overlap $x --camera-rate 60 \
+        --param pipeline_overlap_frontend:=true --json "$OUT/rt_x_cam60_overlap.json"
+  bench --size 640x480 --label xfeat-60fps-cam60-dense20 $x --camera-rate 60 \
+        --param pipeline_dense_max_hz:=20 --json "$OUT/rt_x_cam60_d20.json"
+  bench --size 640x480 --label klt-60fps-cam60 $k --camera-rate 60 --json "$OUT/rt_k_cam60.json"
+  bench --size 640x480 --fps 60 --label hostcpu-klt-60fps-sequential --param field_device:=cpu \
+        --json "$OUT/rt_cpu_ref.json"
 elif [ "$stage" = staged-proc ]; then
   # The learned frontend in its own process (pipeline_frontend_process), with and without the
   # overlapped frontend and a dense-rate cap, against the frontend on the caller's thread.
