@@ -1,6 +1,7 @@
 """Stages in child processes: the frontend worker (core/frontend_worker.py) on top of the
 generic child worker (core/child.py)."""
 import cv2
+import torch
 import numpy as np
 import pytest
 
@@ -64,3 +65,57 @@ def test_error_type_names_the_exception_a_child_raised():
 def test_a_child_that_fails_to_start_says_why():
     with pytest.raises(RuntimeError, match="failed to start.*ParamError|failed to start.*Error"):
         FrontendProcess({"frontend_max_keypoints": -5})
+
+
+def test_dense_process_computes_what_the_dense_stage_computes_here():
+    from sirenpose_ros.core.camera import CameraModel
+    from sirenpose_ros.core.dense import DenseProcess, DenseStage
+    from sirenpose_ros.core.types import Frame
+    seq = render_sequence("easy", seed=0, n_frames=12, width=160, height=120)
+    cfg = make_config({"field_device": "cpu", "field_hidden": 16, "field_steps_per_frame": 2,
+                       "cloud_downsample": 4})
+    pipe = Pipeline(cfg)
+    inputs = []
+    inner = pipe.dense.run
+    pipe.dense.run = lambda job: (inputs.append(job), inner(job))[1]
+    cam = CameraModel.pinhole(160, 120, seq.K[0, 0], seq.K[1, 1], seq.K[0, 2], seq.K[1, 2])
+    for i in range(len(seq.rgb)):
+        pipe.process(Frame(int(seq.stamps_ns[i]), cv2.cvtColor(seq.rgb[i], cv2.COLOR_RGB2GRAY),
+                           seq.rgb[i], cam))
+    assert len(inputs) >= 4
+    here, there = DenseStage(cfg), DenseProcess(dict(cfg))
+    try:
+        assert there.device_type == "cpu" and there.frozen_field() is None
+        n_out = 0
+        for job in inputs:
+            a, b = here.run(job), there.run(job)
+            assert (a is None) == (b is None)
+            if a is None:
+                continue
+            n_out += 1
+            assert np.allclose(a.depth, b.depth, rtol=1e-5, equal_nan=True)
+            assert np.allclose(a.cloud.xyz, b.cloud.xyz, rtol=1e-5, atol=1e-6)
+            assert np.array_equal(a.cloud.rgb, b.cloud.rgb)
+            assert (a.map_cloud is None) == (b.map_cloud is None)
+        assert n_out >= 3
+        frozen = there.frozen_field()
+        assert frozen is not None and frozen.fitted
+        x = torch.zeros((5, 3))
+        assert torch.allclose(frozen.module().net(x), here.field.net(x), rtol=1e-5)
+    finally:
+        there.close()
+
+
+def test_pipeline_runs_the_dense_stage_in_a_process_only_when_it_may():
+    from sirenpose_ros.core.dense import DenseProcess, DenseStage
+    base = {"field_device": "cpu", "field_hidden": 16, "pipeline_map_process": False}
+    pipe = Pipeline(make_config({**base, "pipeline_dense_process": "on"}), async_mapping=True)
+    try:
+        assert isinstance(pipe.dense, DenseProcess) and pipe.field is None
+        assert f"field cpu (in child process {pipe.dense.pid})" in pipe.runtime
+    finally:
+        pipe.close()
+    # A refinement that trains the field keeps it here; 'auto' keeps a CPU field here.
+    trains = make_config({**base, "pipeline_dense_process": "on", "joint_field_steps": 2})
+    assert isinstance(Pipeline(trains, async_mapping=True).dense, DenseStage)
+    assert isinstance(Pipeline(make_config(base), async_mapping=True).dense, DenseStage)

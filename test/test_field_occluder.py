@@ -1,5 +1,5 @@
 """Dense depth of moving objects: the occluder bound (field.occluder_depth_bound) and its use in
-Pipeline._dense. Moving objects have no keypoint depth, so the field renders the background behind
+the dense stage (core/dense.py). Moving objects have no keypoint depth, so the field renders the background behind
 them; an object occludes that background, so its depth must not exceed the depth around it."""
 import types
 
@@ -8,9 +8,8 @@ import numpy as np
 
 from sirenpose_ros.core.camera import CameraModel
 from sirenpose_ros.core.config import make_config
+from sirenpose_ros.core.dense import DenseInput, DenseStage
 from sirenpose_ros.core.field import occluder_depth_bound
-from sirenpose_ros.core.pipeline import Pipeline
-from sirenpose_ros.core.types import Frame, FrameResult, TrackingState
 
 
 def _reference_bound(depth, dyn, q, rim_px):
@@ -82,8 +81,9 @@ class _FlatField:
 
 def _dense_once(bound: bool):
     cfg = make_config({"field_occluder_bound": bound, "cloud_enabled": False})
-    pipe = Pipeline(cfg)
-    pipe.field = _FlatField([6.0, 2.0])                   # depth 6 m at the top, 2 m at the bottom
+    stage = DenseStage(cfg)
+    stage.field = _FlatField([6.0, 2.0])                  # depth 6 m at the top, 2 m at the bottom
+    stage.world = 0
     W, H = 160, 120
     cam = CameraModel.pinhole(W, H, 128.0, 128.0, 79.5, 59.5)
     # Keypoints on a grid; those in the upper middle are dynamic (a moving object).
@@ -92,12 +92,8 @@ def _dense_once(bound: bool):
     dynamic = (px[:, 0] > 50) & (px[:, 0] < 110) & (px[:, 1] > 20) & (px[:, 1] < 70)
     p_dyn = np.where(dynamic, 0.95, 0.05)
     xn = np.stack([(px[:, 0] - 79.5) / 128.0, (px[:, 1] - 59.5) / 128.0], 1)
-    wres = types.SimpleNamespace(landmark_depth=np.where(dynamic, np.nan, 4.0),
-                                 T_world_cam=np.eye(4), is_keyframe=False)
-    frame = Frame(0, np.zeros((H, W), np.uint8), None, cam)
-    result = FrameResult(stamp_ns=0, state=TrackingState.TRACKING, T_world_cam=np.eye(4))
-    ids = np.arange(len(px))
-    pipe._dense(frame, cam, xn, p_dyn, ids, wres, result, {})
+    result = stage.run(DenseInput(0, 0, cam, W, xn, p_dyn, np.zeros((len(px), 3), np.float32),
+                                  np.where(dynamic, np.nan, 4.0), np.eye(4), False, None))
     h, w = result.depth.shape
     rows = ((np.arange(h) * (H - 1) / (h - 1))[:, None] > 30) & ((np.arange(h) * (H - 1) / (h - 1))[:, None] < 60)
     cols = ((np.arange(w) * (W - 1) / (w - 1))[None, :] > 60) & ((np.arange(w) * (W - 1) / (w - 1))[None, :] < 100)

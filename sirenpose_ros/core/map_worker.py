@@ -77,4 +77,7 @@ class MapWorker:
 
 
 if __name__ == "__main__":
-    serve(_make_handler)
+    # The handler of the importable module, not of ``__main__``: what it returns is pickled by
+    # class path, and the parent knows these classes as sirenpose_ros.core.map_worker.*.
+    from sirenpose_ros.core.map_worker import _make_handler as handler
+    serve(handler)

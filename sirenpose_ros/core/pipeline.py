@@ -40,6 +40,7 @@ import numpy as np
 
 from sirenpose_ros.core import cloud as cloud_mod
 from sirenpose_ros.core import field as field_mod
+from sirenpose_ros.core.dense import DenseInput, DenseProcess, DenseStage, small_rgb
 from sirenpose_ros.core.config import Config, make_config
 from sirenpose_ros.core.frontend import KLTFrontend
 from sirenpose_ros.core.graph import KeypointGraph
@@ -60,6 +61,7 @@ PARAMS = [
     ParamSpec("pipeline_overlap_frontend", False, "Staged mode: compute the next frame's keypoints while the pose stage solves the current one (higher frame rate when both stages are busy; a frame may wait for the previous pose, adding up to one pose-stage time of latency). False (default): a frame enters the frontend only when the pose stage is idle (lowest image-to-TF latency; on the H100 it also gave the higher frame rate with the learned frontend, whose many small GPU launches compete with the pose stage for Python's GIL, see docs/benchmarks.md).", None, None),
     ParamSpec("pipeline_map_process", True, "Staged mode: run keyframe triangulation + bundle adjustment and the joint refinement in a child process instead of a thread, so that they do not hold Python's GIL against the pose stage (the joint refinement reads a frozen copy of the field there; it stays in-process when it trains the field, joint_field_steps > 0).", None, None),
     ParamSpec("pipeline_frontend_process", "auto", "Staged mode: run the keypoint frontend in a child process, so that its Python work (the learned frontend issues ~100 small GPU launches per frame) does not hold the GIL against the pose and dense stages. 'auto': on for the learned frontend on a CUDA device, off otherwise (KLT spends its time inside OpenCV, which releases the GIL: a process only adds the image copy).", choices=("auto", "on", "off")),
+    ParamSpec("pipeline_dense_process", "auto", "Staged mode: run the dense stage (SIREN field fit, dense depth, cloud, voxel map) in a child process, so that its Python work does not hold the GIL against the pose stage. 'auto': on when the field runs on a CUDA device and the joint refinement does not train the field (joint_field_steps 0: the field must then stay with the refinement); off otherwise (on a small CPU the two processes would share the same cores).", choices=("auto", "on", "off")),
     ParamSpec("pipeline_map_lag_frames", 2, "Staged mode: after this many frames in a row that wanted a keyframe while the map stage was busy, the next pose waits for the map (a map a few frames old still tracks well; one that falls further behind a fast camera does not).", 1, 1000),
     ParamSpec("pipeline_map_wait_s", 1.0, "Staged mode: when a frame needs a keyframe while the map stage is still inserting the previous one, the next pose waits for it at most this long (seconds).", 0.0, 60.0),
     ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
@@ -132,8 +134,7 @@ class Pipeline:
         if async_mapping and self.cfg.pipeline_map_process:
             self._map_worker = MapWorker(dict(self.cfg))
         self._map_committed = threading.Condition(self.lock)
-        self.field = field_mod.DepthFieldEstimator(self.cfg) if self.cfg.field_enabled else None
-        self.voxels = cloud_mod.VoxelMap(self.cfg)
+        self.dense = self._make_dense() if self.cfg.field_enabled else None
         self.joint = JointWindowRefiner(self.cfg) if self.cfg.joint_enabled else None
         self._joint_prev = None      # (snapshot, result) of the previous refinement: warm start
         # World velocities of dynamic tracks from the last refinement: sorted ids, (N, 3).
@@ -149,7 +150,6 @@ class Pipeline:
         # _world; the dense stage resets its state when a job of a newer world arrives, so
         # the pose stage never touches dense state another thread may be using.
         self._world = 0
-        self._dense_world = 0
         self._map_world = 0
 
     def _frontend_in_process(self) -> bool:
@@ -160,8 +160,7 @@ class Pipeline:
             return True
         if self.cfg.pipeline_frontend != "xfeat":
             return False
-        from sirenpose_ros.core.field import resolve_device
-        return self.cfg.xfeat_device != "cpu" and resolve_device(self.cfg.xfeat_device).type == "cuda"
+        return self.cfg.xfeat_device != "cpu" and field_mod.resolve_device(self.cfg.xfeat_device).type == "cuda"
 
     def _make_frontend(self):
         if self._frontend_in_process():
@@ -169,13 +168,33 @@ class Pipeline:
             return FrontendProcess(dict(self.cfg))
         return make_frontend(self.cfg)
 
+    def _dense_in_process(self) -> bool:
+        mode = self.cfg.pipeline_dense_process
+        if not self._async or mode == "off" or not refines_in_child(self.cfg):
+            return False
+        return mode == "on" or field_mod.resolve_device(self.cfg.field_device).type == "cuda"
+
+    def _make_dense(self):
+        return DenseProcess(dict(self.cfg)) if self._dense_in_process() else DenseStage(self.cfg)
+
+    @property
+    def field(self):
+        """The SIREN field when the dense stage runs in this process (else None: it lives in the
+        dense worker process)."""
+        return getattr(self.dense, "field", None)
+
+    @field.setter
+    def field(self, value) -> None:
+        self.dense.field = value
+
     def close(self) -> None:
         """Stop the child processes, if any (the pipeline is unusable afterwards)."""
         if self._map_worker is not None:
             self._map_worker.close()
             self._map_worker = None
-        if hasattr(self.frontend, "close"):
-            self.frontend.close()
+        for part in (self.frontend, self.dense):
+            if hasattr(part, "close"):
+                part.close()
 
     @property
     def runtime(self) -> str:
@@ -189,8 +208,10 @@ class Pipeline:
             details.append(f"in child process {self.frontend.pid}")
         if details:
             parts[-1] += f" ({'; '.join(details)})"
-        if self.field is not None:
-            parts.append(f"field {self.field.device.type}")
+        if self.dense is not None:
+            parts.append(f"field {self.dense.device_type}")
+            if getattr(self.dense, "pid", None) is not None:
+                parts[-1] += f" (in child process {self.dense.pid})"
         return ", ".join(parts)
 
     def degrade(self) -> str:
@@ -200,9 +221,11 @@ class Pipeline:
         import torch
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        if self.field is not None and self.field.device.type != "cpu":
+        if self.dense is not None and self.dense.device_type != "cpu":
             self.cfg = Config({**self.cfg, "field_device": "cpu"})
-            self.field = field_mod.DepthFieldEstimator(self.cfg)
+            if hasattr(self.dense, "close"):
+                self.dense.close()
+            self.dense = self._make_dense()
             return "SIREN field moved to the CPU"
         if self.cfg.pipeline_frontend == "xfeat" and self.cfg.xfeat_top_k >= 128:
             self.cfg = Config({**self.cfg, "xfeat_top_k": self.cfg.xfeat_top_k // 2})
@@ -236,10 +259,8 @@ class Pipeline:
         self._world += 1
 
     def _reset_dense(self) -> None:
-        if self.field is not None:
-            self.field.reset()
-        self.voxels.clear()
-        self._dense_world = self._world
+        if self.dense is not None:
+            self.dense.reset()
 
     def _set_camera(self, camera) -> None:
         self._camera = camera
@@ -377,13 +398,14 @@ class Pipeline:
             return
         if self._joint_prev is not None:
             warm_start(snap, *self._joint_prev)
+        reads_field = self.dense is not None and float(self.cfg.loss_depth_weight) > 0
         if self._map_worker is not None and refines_in_child(self.cfg):
-            frozen = None
-            if self.field is not None and self.field.fitted and float(self.cfg.loss_depth_weight) > 0:
-                frozen = field_mod.FrozenField(self.field)
-            res = self._map_worker.refine(snap, frozen)
-        else:
+            res = self._map_worker.refine(snap, self.dense.frozen_field() if reads_field else None)
+        elif self.field is not None or not reads_field:
             res = self.joint.refine(snap, self.field)
+        else:            # the field lives in the dense worker process: read a frozen copy of it
+            frozen = self.dense.frozen_field()
+            res = self.joint.refine(snap, frozen.module() if frozen is not None else None)
         with self.lock:
             apply_to_window(self.window, snap, res)
     def densify(self, result: FrameResult) -> FrameResult:
@@ -413,8 +435,6 @@ class Pipeline:
         t_start = time.perf_counter()
         timings = result.timings_ms
         wres = ctx["wres"]
-        if ctx["world"] != self._dense_world:
-            self._reset_dense()
         if map_work:
             self.map_job(ctx)
 
@@ -422,11 +442,17 @@ class Pipeline:
         timings["field"] = 0.0
         timings["cloud"] = 0.0
         has_depth = bool(np.any(np.isfinite(wres.landmark_depth)))
-        if (wres.state == TrackingState.TRACKING and self.field is not None and ctx["dense_due"]
-                and (has_depth or self.field.fitted)):
-            self._dense(ctx["frame"], ctx["cam"], ctx["xn"], ctx["p_dyn"], ctx["ids"], wres, result,
-                        timings)
-        elif (wres.state == TrackingState.TRACKING and self.field is None and has_depth
+        if wres.state == TrackingState.TRACKING and self.dense is not None and ctx["dense_due"]:
+            frame, cam = ctx["frame"], ctx["cam"]
+            out = self.dense.run(DenseInput(
+                frame.stamp_ns, ctx["world"], cam, frame.camera.width, ctx["xn"], ctx["p_dyn"],
+                self._keypoint_velocity(ctx["ids"]), wres.landmark_depth, wres.T_world_cam,
+                bool(wres.is_keyframe), small_rgb(frame.rgb, cam, self.cfg)))
+            if out is not None:
+                result.depth, result.depth_scale = out.depth, out.depth_scale
+                result.dynamic_map, result.cloud, result.map_cloud = out.dynamic_map, out.cloud, out.map_cloud
+                timings.update(out.timings_ms)
+        elif (wres.state == TrackingState.TRACKING and self.dense is None and has_depth
               and self.cfg.cloud_enabled):
             t0 = time.perf_counter()
             result.cloud = self._sparse_cloud(ctx["frame"], ctx["xn"], ctx["p_dyn"], ctx["ids"], wres,
@@ -497,70 +523,3 @@ class Pipeline:
         else:
             rgb = np.full(len(xyz), 0x808080, np.uint32)
         return Cloud(xyz, rgb, p_dyn[ok].astype(np.float32), self._keypoint_velocity(ids[ok]))
-
-    def _dense_keypoint_values(self, cam, xn, p_dyn, ids, h, w):
-        """Dense (h, w) dynamic probability and (h, w, 4) [p, velocity] on the field's corner-
-        aligned grid: per keypoint its dynamic probability and world velocity (from the joint
-        refinement for dynamic tracks, zero for static ones), spread by nearest keypoint."""
-        W, H = cam.width, cam.height
-        u = (cam.fx * xn[:, 0] + cam.cx) * (w - 1) / (W - 1)
-        v = (cam.fy * xn[:, 1] + cam.cy) * (h - 1) / (H - 1)
-        radius = self.cfg.pipeline_dynamic_radius_px * (w - 1) / (W - 1)
-        values = np.column_stack([p_dyn.astype(np.float32), self._keypoint_velocity(ids)])
-        dense_kp = cloud_mod.densify_keypoint_values(np.stack([u, v], axis=1), values, h, w, radius)
-        dyn = np.where(np.isfinite(dense_kp[..., 0]), dense_kp[..., 0],
-                       self.cfg.graph_prior).astype(np.float32)
-        return dyn, dense_kp
-
-    def _dense(self, frame, cam, xn, p_dyn, ids, wres, result, timings) -> None:
-        cfg = self.cfg
-        W, H = cam.width, cam.height
-        t0 = time.perf_counter()
-        time_s = frame.stamp_ns * 1e-9
-        depth = wres.landmark_depth
-        have = np.isfinite(depth) & (depth > 0)
-        # Undistorted pixel positions (pinhole) in the working image, normalised to [-1, 1].
-        u = cam.fx * xn[have, 0] + cam.cx
-        v = cam.fy * xn[have, 1] + cam.cy
-        uv_norm = np.stack([2.0 * u / (W - 1) - 1.0, 2.0 * v / (H - 1) - 1.0], axis=1).astype(np.float32)
-        self.field.update(time_s, uv_norm, (1.0 / depth[have]).astype(np.float32),
-                          np.clip(1.0 - p_dyn[have], 0.0, 1.0).astype(np.float32))
-        ds = int(cfg.cloud_downsample)
-        h, w = max(2, H // ds), max(2, W // ds)
-        inv = self.field.render(time_s, h, w)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dense_depth = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
-        dense_kp = None
-        if cfg.field_occluder_bound:
-            # Moving objects have no keypoint depth: the field shows the background behind
-            # them. They occlude that background, so cap them at the depth around them.
-            dyn, dense_kp = self._dense_keypoint_values(cam, xn, p_dyn, ids, h, w)
-            dense_depth = field_mod.occluder_depth_bound(
-                dense_depth, dyn > cfg.cloud_dynamic_threshold, cfg.field_occluder_percentile,
-                cfg.field_occluder_rim_px * (w - 1) / (W - 1))
-        timings["field"] = (time.perf_counter() - t0) * 1e3
-        result.depth = dense_depth
-        result.depth_scale = frame.camera.width / w
-
-        if not cfg.cloud_enabled:
-            return
-        t0 = time.perf_counter()
-        # The field's grid is corner-aligned (small pixel j at working pixel j (W-1)/(w-1)) and
-        # lives in undistorted pinhole coordinates: back-project with the matching pinhole K.
-        K_small = cloud_mod.scale_intrinsics(cam.K, (H, W), (h, w))
-        rgb_small = None
-        if frame.rgb is not None:
-            # Area averaging (cv2.resize grid); it differs from the corner-aligned grid by under
-            # half a small pixel, which only matters for colour at depth edges.
-            rgb_small = cv2.resize(frame.rgb, (w, h), interpolation=cv2.INTER_AREA)
-        if dense_kp is None:
-            dyn, dense_kp = self._dense_keypoint_values(cam, xn, p_dyn, ids, h, w)
-        velocity = np.nan_to_num(dense_kp[..., 1:]).astype(np.float32)
-        result.dynamic_map = dyn
-        cloud = cloud_mod.backproject(dense_depth, K_small, wres.T_world_cam, rgb_small, dyn, velocity,
-                                      max_depth=cfg.cloud_max_depth)
-        result.cloud = cloud
-        if wres.is_keyframe:
-            self.voxels.insert(cloud)          # fuses only points below cloud_dynamic_threshold
-            result.map_cloud = self.voxels.cloud()
-        timings["cloud"] = (time.perf_counter() - t0) * 1e3
