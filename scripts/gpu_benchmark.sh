@@ -57,6 +57,11 @@ elif [ "$stage" = rt60 ]; then
         --param pipeline_overlap_frontend:=true --json "$OUT/rt_x_cam60_overlap.json"
   bench --size 640x480 --label xfeat-60fps-cam60-dense20 $x --camera-rate 60 \
         --param pipeline_dense_max_hz:=20 --json "$OUT/rt_x_cam60_d20.json"
+  bench --size 640x480 --label xfeat-60fps-cam60-threads $x --camera-rate 60 \
+        --param pipeline_frontend_process:=off --param pipeline_dense_process:=off \
+        --json "$OUT/rt_x_cam60_threads.json"
+  bench --size 640x480 --label xfeat-60fps-cam60-gnncpu $x --camera-rate 60 --param gnn_device:=cpu \
+        --json "$OUT/rt_x_cam60_gnncpu.json"
   bench --size 640x480 --label klt-60fps-cam60 $k --camera-rate 60 --json "$OUT/rt_k_cam60.json"
   bench --size 640x480 --fps 60 --label hostcpu-klt-60fps-sequential --param field_device:=cpu \
         --json "$OUT/rt_cpu_ref.json"
