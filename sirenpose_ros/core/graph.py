@@ -30,6 +30,7 @@ PARAMS = [
     ParamSpec("graph_smoothing_weight", 0.5, "Weight of the neighbours against a node's own evidence when smoothing.", 0.0, 10.0),
     ParamSpec("graph_rise_rate", 0.7, "Per-frame rate at which a track's probability rises towards new dynamic evidence.", 0.0, 1.0),
     ParamSpec("graph_decay_rate", 0.15, "Per-frame rate at which it falls back (slow: a track that was dynamic stays suspect).", 0.0, 1.0),
+    ParamSpec("graph_scorer_max_hz", 0.0, "Run the motion scorer (the GNN) at most this often per second of camera time; on the frames in between each track keeps its filtered probability (new tracks: graph_prior) and the graph keeps the last scored edges among the tracks still there. The recursive filter's rates (graph_rise_rate, graph_decay_rate) are per scored frame and were tuned, like the GNN's features, at 30 Hz: a 60 Hz camera with 30 here keeps their per-second behaviour and halves the scorer's cost. 0 = every frame. A frame counts as due when at least 0.9/rate seconds passed (camera jitter).", 0.0, 1000.0),
     ParamSpec("graph_prior", 0.1, "Dynamic probability of a keypoint with no evidence yet.", 0.0, 1.0),
 ]
 
@@ -117,6 +118,10 @@ class KeypointGraph:
         # Filtered probability per live track, kept sorted by id for vectorised lookup.
         self._ids = np.zeros(0, np.int64)
         self._p = np.zeros(0)
+        # The last scored frame: its stamp, and its edges (as track-id pairs) with rigidity.
+        self._scored_ns = None
+        self._edge_ids = np.zeros((0, 2), np.int64)
+        self._edge_rig = np.zeros(0)
 
     def prior(self, ids: np.ndarray) -> np.ndarray:
         """Filtered probability of each id from earlier frames (graph_prior for new ids)."""
@@ -127,12 +132,16 @@ class KeypointGraph:
             out[hit] = self._p[k[hit]]
         return out
 
-    def dynamic_probability(self, ids: np.ndarray, px: np.ndarray, residual_px: np.ndarray) -> GraphResult:
+    def dynamic_probability(self, ids: np.ndarray, px: np.ndarray, residual_px: np.ndarray,
+                            stamp_ns: int | None = None) -> GraphResult:
         """Update and return each keypoint's dynamic probability for this frame.
 
         ``residual_px`` (N, 2): residual vector of each keypoint against the static-world model at
-        the current pose estimate (pixels), NaN rows where there is no evidence.
+        the current pose estimate (pixels), NaN rows where there is no evidence. ``stamp_ns``:
+        the frame's stamp, for ``graph_scorer_max_hz`` (None: score this frame).
         """
+        if self._between_scored_frames(stamp_ns):
+            return self._carried(ids)
         c = self.cfg
         n = ids.shape[0]
         edges = delaunay_edges(px, c.graph_max_edge_px)
@@ -163,4 +172,27 @@ class KeypointGraph:
         filtered = np.clip(previous + rate * (p - previous), 0.0, 1.0)
         order = np.argsort(ids)
         self._ids, self._p = ids[order], filtered[order]
+        self._scored_ns = stamp_ns
+        self._edge_ids, self._edge_rig = ids[edges], rigidity
         return GraphResult(filtered, p, edges, rigidity)
+
+    def _between_scored_frames(self, stamp_ns: int | None) -> bool:
+        hz = float(self.cfg.graph_scorer_max_hz)
+        last = self._scored_ns
+        return (hz > 0 and stamp_ns is not None and last is not None and stamp_ns >= last
+                and (stamp_ns - last) * 1e-9 < 0.9 / hz)
+
+    def _carried(self, ids: np.ndarray) -> GraphResult:
+        """A frame between scored ones: the filtered probabilities as they are, and the last
+        scored edges whose two tracks are both still here."""
+        p = self.prior(ids)
+        order = np.argsort(ids)
+        sid = ids[order]
+        if sid.size and self._edge_ids.size:
+            pos = np.clip(np.searchsorted(sid, self._edge_ids), 0, sid.size - 1)
+            hit = np.all(sid[pos] == self._edge_ids, axis=1)
+            edges = np.sort(order[pos[hit]], axis=1).astype(np.int64)
+            rig = self._edge_rig[hit]
+        else:
+            edges, rig = np.zeros((0, 2), np.int64), np.zeros(0)
+        return GraphResult(p, p.copy(), edges, rig)

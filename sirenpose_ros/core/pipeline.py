@@ -347,7 +347,7 @@ class Pipeline:
         t_window = time.perf_counter() - t0
         # 2b. dynamic probability from the static-model residuals
         t0 = time.perf_counter()
-        g = self.graph.dynamic_probability(ids, px, est.residual_px)
+        g = self.graph.dynamic_probability(ids, px, est.residual_px, frame.stamp_ns)
         t_graph += time.perf_counter() - t0
         # 3b. keyframes and map
         t0 = time.perf_counter()
