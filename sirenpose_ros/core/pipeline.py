@@ -300,6 +300,13 @@ class Pipeline:
         # 3b. keyframes and map
         t0 = time.perf_counter()
         wres = self.window.update_map(g.p_dynamic)
+        far = None
+        if (self.field is not None and self.cfg.field_far_bound_weight > 0
+                and wres.state == TrackingState.TRACKING):
+            # Read from the window now, under the lock (the map stage may change it later).
+            far = self.window.far_bounds(ids, xn, wres.T_world_cam, self.cfg.field_far_bound_px,
+                                         self._structure_at(frame.gray, cam, px),
+                                         self.cfg.field_far_bound_min_texture)
         timings["window"] = (t_window + time.perf_counter() - t0) * 1e3
         timings["graph"] = t_graph * 1e3
         if est.message:
@@ -320,9 +327,22 @@ class Pipeline:
             self._tracked_count += 1
         due = wres.is_keyframe or (self._tracked_count - 1) % int(self.cfg.pipeline_dense_every) == 0
         self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, ids=ids,
-                               wres=wres, graph=g, world=self._world, dense_due=due)
+                               wres=wres, graph=g, world=self._world, dense_due=due, far=far)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return result
+
+    def _structure_at(self, gray: np.ndarray, cam, px: np.ndarray) -> np.ndarray:
+        """(N, 3) image structure tensor [Sxx, Sxy, Syy] (box window of about a KLT patch) of the
+        working-size image at the (working-pixel) positions ``px``."""
+        if gray.shape[1] != cam.width or gray.shape[0] != cam.height:
+            gray = cv2.resize(gray, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
+        g = gray.astype(np.float32)
+        gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+        S = cv2.boxFilter(np.dstack([gx * gx, gx * gy, gy * gy]), -1, (9, 9))
+        c = np.clip(np.rint(px[:, 0]).astype(np.int64), 0, cam.width - 1)
+        r = np.clip(np.rint(px[:, 1]).astype(np.int64), 0, cam.height - 1)
+        return S[r, c].astype(np.float64)
 
     def _refine_window(self, g, ids: np.ndarray, cam) -> None:
         """SirenPose joint refinement of the window (keyframes only): poses, landmarks and the
@@ -383,7 +403,7 @@ class Pipeline:
         if (wres.state == TrackingState.TRACKING and self.field is not None and ctx["dense_due"]
                 and (has_depth or self.field.fitted)):
             self._dense(ctx["frame"], ctx["cam"], ctx["xn"], ctx["p_dyn"], ctx["ids"], wres, result,
-                        timings)
+                        timings, ctx.get("far"))
         elif (wres.state == TrackingState.TRACKING and self.field is None and has_depth
               and self.cfg.cloud_enabled):
             t0 = time.perf_counter()
@@ -470,19 +490,34 @@ class Pipeline:
                        self.cfg.graph_prior).astype(np.float32)
         return dyn, dense_kp
 
-    def _dense(self, frame, cam, xn, p_dyn, ids, wres, result, timings) -> None:
+    def _dense(self, frame, cam, xn, p_dyn, ids, wres, result, timings, far=None) -> None:
         cfg = self.cfg
         W, H = cam.width, cam.height
         t0 = time.perf_counter()
         time_s = frame.stamp_ns * 1e-9
         depth = wres.landmark_depth
         have = np.isfinite(depth) & (depth > 0)
+        inv = np.where(have, 1.0 / np.where(have, depth, 1.0), np.nan)
+        xs, invs, ws = [xn[have]], [inv[have]], [1.0 - p_dyn[have]]
+        kind = [np.zeros(int(have.sum()), bool)]
+        if far is not None:
+            # Untriangulated static tracks: "at least this far" from their parallax (see
+            # SlidingWindowEstimator.far_bounds), one-sided samples for the field. Only tracks
+            # the window would triangulate (not flagged dynamic): a moving point's parallax says
+            # nothing about its depth (one moving along with the camera shows none and would
+            # push the field far).
+            sel = ~have & (p_dyn < cfg.window_dynamic_threshold) & np.isfinite(far) & (far > 0)
+            xs.append(xn[sel])
+            invs.append(far[sel])
+            ws.append(1.0 - p_dyn[sel])
+            kind.append(np.ones(int(sel.sum()), bool))
+        xs, invs, kind = np.concatenate(xs), np.concatenate(invs), np.concatenate(kind)
         # Undistorted pixel positions (pinhole) in the working image, normalised to [-1, 1].
-        u = cam.fx * xn[have, 0] + cam.cx
-        v = cam.fy * xn[have, 1] + cam.cy
+        u = cam.fx * xs[:, 0] + cam.cx
+        v = cam.fy * xs[:, 1] + cam.cy
         uv_norm = np.stack([2.0 * u / (W - 1) - 1.0, 2.0 * v / (H - 1) - 1.0], axis=1).astype(np.float32)
-        self.field.update(time_s, uv_norm, (1.0 / depth[have]).astype(np.float32),
-                          np.clip(1.0 - p_dyn[have], 0.0, 1.0).astype(np.float32))
+        self.field.update(time_s, uv_norm, invs.astype(np.float32),
+                          np.clip(np.concatenate(ws), 0.0, 1.0).astype(np.float32), bound=kind)
         ds = int(cfg.cloud_downsample)
         h, w = max(2, H // ds), max(2, W // ds)
         inv = self.field.render(time_s, h, w)
