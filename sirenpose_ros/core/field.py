@@ -112,6 +112,19 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("field_occluder_rim_px", 12.0,
               "Width of the rim around a dynamic region whose depth bounds it (working-"
               "resolution pixels).", min=1.0, max=1000.0),
+    ParamSpec("field_upright_occluder", True,
+              "Cap each confidently dynamic pixel of the rendered depth at the smallest depth at "
+              "or below it in its column's dynamic run (upright_occluder_bound): a moving object "
+              "is in front of the background it hides, and an upright object's depth changes "
+              "little along a column, so the floor hidden behind its lowest pixels bounds it. "
+              "Measured (synthetic presets, seeds 0 and 1): Abs Rel close_object 0.46 -> 0.37 "
+              "and 0.41 -> 0.35, large_dynamic 0.62 -> 0.57 and 0.91 -> 0.76, multi_object s1 "
+              "0.16 -> 0.14; others within +-0.01."),
+    ParamSpec("field_upright_threshold", 0.7,
+              "Dynamic probability (dense map) above which field_upright_occluder caps a pixel. "
+              "Higher than cloud_dynamic_threshold on purpose: a static floor wrongly flagged "
+              "dynamic would be pulled in, while a missed object pixel only keeps the field's "
+              "depth (at 0.5 low_texture seed 1 lost 0.015 in delta<1.25).", min=0.0, max=1.0),
     ParamSpec("field_far_bound_weight", 1.0,
               "Weight of the far bounds (one-sided samples: inverse depth at most the value, see "
               "DepthFieldEstimator.update) relative to the keypoint depths. The pipeline derives "
@@ -196,6 +209,40 @@ def occluder_depth_bound(depth: np.ndarray, dynamic: np.ndarray, percentile: flo
     bound = np.full(n, np.inf, np.float32)
     bound[1:][has] = val[k[has]]
     return np.minimum(out, bound[lab]).astype(np.float32)
+
+
+def upright_occluder_bound(depth: np.ndarray, dynamic: np.ndarray) -> np.ndarray:
+    """Cap each dynamic pixel at the smallest ``depth`` at or below it in its vertical run of
+    dynamic pixels (same image column). Returns a new array.
+
+    Why: a moving object has no keypoint depth, so the field renders the background it hides;
+    the object is in front of that background at each of its pixels. Objects that move (people,
+    carts, boxes) are upright: their visible faces are about vertical, so their depth changes
+    little along an image column, and the bound from the nearest background hidden lower in
+    the column (the floor behind the object's lowest pixels, much nearer than the wall behind
+    its top) carries up the column. Only upwards: hidden background above a pixel rarely bounds
+    a real object better, while on a static surface wrongly flagged dynamic (a ceiling) it
+    would pull the depth in (measured on multi_object). Unlike the rim bound
+    (``occluder_depth_bound``) no depth from outside the region is used. Vectorised: a
+    cumulative minimum running bottom-up, kept inside each run by offsetting the runs apart.
+    """
+    depth = np.asarray(depth, np.float32)
+    dyn = np.asarray(dynamic, bool) & np.isfinite(depth)
+    if not dyn.any():
+        return depth.copy()
+    h, w = depth.shape
+    m = dyn[::-1].T.ravel()                  # column by column, bottom-up: runs are contiguous
+    d = depth[::-1].T.ravel().astype(np.float64)
+    first = (np.arange(m.size) % h) == 0
+    prev = np.concatenate([[False], m[:-1]]) & ~first
+    run = np.cumsum(m & ~prev)               # increases along the scan; constant within a run
+    big = 2.0 * float(np.abs(d[m]).max()) + 1.0
+    # Later runs sit lower by `big` than every earlier value: the running minimum never carries
+    # over from one run into the next. Non-dynamic pixels are +inf and never win.
+    shifted = np.where(m, d - run * big, np.inf)
+    cum = np.minimum.accumulate(shifted) + run * big
+    capped = np.where(m, np.minimum(d, cum), d)
+    return capped.reshape(w, h).T[::-1].astype(np.float32)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -524,10 +524,17 @@ class Pipeline:
         with np.errstate(divide="ignore", invalid="ignore"):
             dense_depth = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
         dense_kp = None
+        if cfg.field_upright_occluder:
+            # Moving objects have no keypoint depth: the field shows the background they hide.
+            # Upright objects are in front of the floor hidden behind their lowest pixels.
+            dyn, dense_kp = self._dense_keypoint_values(cam, xn, p_dyn, ids, h, w)
+            dense_depth = field_mod.upright_occluder_bound(dense_depth,
+                                                           dyn > cfg.field_upright_threshold)
         if cfg.field_occluder_bound:
             # Moving objects have no keypoint depth: the field shows the background behind
             # them. They occlude that background, so cap them at the depth around them.
-            dyn, dense_kp = self._dense_keypoint_values(cam, xn, p_dyn, ids, h, w)
+            if dense_kp is None:
+                dyn, dense_kp = self._dense_keypoint_values(cam, xn, p_dyn, ids, h, w)
             dense_depth = field_mod.occluder_depth_bound(
                 dense_depth, dyn > cfg.cloud_dynamic_threshold, cfg.field_occluder_percentile,
                 cfg.field_occluder_rim_px * (w - 1) / (W - 1))
