@@ -300,13 +300,6 @@ class Pipeline:
         # 3b. keyframes and map
         t0 = time.perf_counter()
         wres = self.window.update_map(g.p_dynamic)
-        far = None
-        if (self.field is not None and self.cfg.field_far_bound_weight > 0
-                and wres.state == TrackingState.TRACKING):
-            # Read from the window now, under the lock (the map stage may change it later).
-            far = self.window.far_bounds(ids, xn, wres.T_world_cam, self.cfg.field_far_bound_px,
-                                         self._structure_at(frame.gray, cam, px),
-                                         self.cfg.field_far_bound_min_texture)
         timings["window"] = (t_window + time.perf_counter() - t0) * 1e3
         timings["graph"] = t_graph * 1e3
         if est.message:
@@ -327,9 +320,26 @@ class Pipeline:
             self._tracked_count += 1
         due = wres.is_keyframe or (self._tracked_count - 1) % int(self.cfg.pipeline_dense_every) == 0
         self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, ids=ids,
-                               wres=wres, graph=g, world=self._world, dense_due=due, far=far)
+                               wres=wres, graph=g, world=self._world, dense_due=due, px=px)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return result
+
+    def _far_bounds(self, ctx: dict) -> np.ndarray | None:
+        """Far bounds of the job's tracks (SlidingWindowEstimator.far_bounds), or None. Here in
+        the dense stage, not the pose stage: the image filtering stays off the pose latency and
+        the window is locked only for the look-up."""
+        cfg = self.cfg
+        if cfg.field_far_bound_weight <= 0:
+            return None
+        structure = None
+        if cfg.field_far_bound_min_texture > 0:
+            structure = self._structure_at(ctx["frame"].gray, ctx["cam"], ctx["px"])
+        with self.lock:
+            if ctx["world"] != self._world:        # the map was reset since: other keyframes
+                return None
+            return self.window.far_bounds(ctx["ids"], ctx["xn"], ctx["wres"].T_world_cam,
+                                          cfg.field_far_bound_px, structure,
+                                          cfg.field_far_bound_min_texture)
 
     def _structure_at(self, gray: np.ndarray, cam, px: np.ndarray) -> np.ndarray:
         """(N, 3) image structure tensor [Sxx, Sxy, Syy] (box window of about a KLT patch) of the
@@ -403,7 +413,7 @@ class Pipeline:
         if (wres.state == TrackingState.TRACKING and self.field is not None and ctx["dense_due"]
                 and (has_depth or self.field.fitted)):
             self._dense(ctx["frame"], ctx["cam"], ctx["xn"], ctx["p_dyn"], ctx["ids"], wres, result,
-                        timings, ctx.get("far"))
+                        timings, self._far_bounds(ctx))
         elif (wres.state == TrackingState.TRACKING and self.field is None and has_depth
               and self.cfg.cloud_enabled):
             t0 = time.perf_counter()
