@@ -117,8 +117,8 @@ PARAMS: list[ParamSpec] = [
               "or below it in its column's dynamic run (upright_occluder_bound): a moving object "
               "is in front of the background it hides, and an upright object's depth changes "
               "little along a column, so the floor hidden behind its lowest pixels bounds it. "
-              "Measured (synthetic presets, seeds 0 and 1): Abs Rel close_object 0.46 -> 0.37 "
-              "and 0.41 -> 0.35, large_dynamic 0.62 -> 0.57 and 0.91 -> 0.76, multi_object s1 "
+              "Measured (synthetic presets, seeds 0 and 1): Abs Rel close_object 0.46 -> 0.38 "
+              "and 0.41 -> 0.35, large_dynamic 0.62 -> 0.59 and 0.91 -> 0.76, multi_object s1 "
               "0.16 -> 0.14; others within +-0.01."),
     ParamSpec("field_upright_threshold", 0.7,
               "Dynamic probability (dense map) above which field_upright_occluder caps a pixel. "
