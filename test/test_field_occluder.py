@@ -79,8 +79,9 @@ class _FlatField:
                                 w, 1)).astype(np.float32)
 
 
-def _dense_once(bound: bool):
-    cfg = make_config({"field_occluder_bound": bound, "cloud_enabled": False})
+def _dense_once(bound: bool, upright: bool = False):
+    cfg = make_config({"field_occluder_bound": bound, "field_upright_occluder": upright,
+                       "cloud_enabled": False})
     stage = DenseStage(cfg)
     stage.field = _FlatField([6.0, 2.0])                  # depth 6 m at the top, 2 m at the bottom
     stage.world = 0
@@ -108,6 +109,16 @@ def test_pipeline_caps_moving_objects_at_their_surroundings():
     # Without the bound the object shows the field's background (the wall's depth at each
     # row); with it, the whole object sits at the nearest part of its surroundings (the floor
     # rows just below it), i.e. nearer than any background pixel it was showing.
+    assert np.all(new <= old + 1e-6)
+    assert np.nanmax(new[inside]) < np.nanmin(old[inside]) - 0.3
+    assert np.array_equal(new[below], old[below])
+
+
+def test_pipeline_upright_bound_caps_moving_objects_by_the_floor_below():
+    old, inside, below = _dense_once(bound=False)
+    new, _, _ = _dense_once(bound=False, upright=True)
+    # The field's background comes nearer towards the bottom (floor): each object column takes
+    # the depth at the object's lowest pixel, nearer than anything it showed higher up.
     assert np.all(new <= old + 1e-6)
     assert np.nanmax(new[inside]) < np.nanmin(old[inside]) - 0.3
     assert np.array_equal(new[below], old[below])

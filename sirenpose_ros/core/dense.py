@@ -38,6 +38,8 @@ class DenseInput:
     T_world_cam: np.ndarray      # (4, 4)
     is_keyframe: bool
     rgb_small: np.ndarray | None  # colour on the cloud grid (h, w, 3), or None
+    far: np.ndarray | None = None  # (N,) inverse-depth upper bound ("at least this far") of
+                                   # untriangulated tracks (SlidingWindowEstimator.far_bounds)
 
 
 @dataclass
@@ -102,23 +104,45 @@ class DenseStage:
         timings = {}
         t0 = time.perf_counter()
         time_s = job.stamp_ns * 1e-9
-        depth = job.landmark_depth
+        depth, xn, p_dyn, far = job.landmark_depth, job.xn, job.p_dyn, job.far
         have = np.isfinite(depth) & (depth > 0)
+        inv = np.where(have, 1.0 / np.where(have, depth, 1.0), np.nan)
+        xs, invs, ws = [xn[have]], [inv[have]], [1.0 - p_dyn[have]]
+        kind = [np.zeros(int(have.sum()), bool)]
+        if far is not None:
+            # Untriangulated static tracks: "at least this far" from their parallax (see
+            # SlidingWindowEstimator.far_bounds), one-sided samples for the field. Only tracks
+            # the window would triangulate (not flagged dynamic): a moving point's parallax says
+            # nothing about its depth (one moving along with the camera shows none and would
+            # push the field far).
+            sel = ~have & (p_dyn < cfg.window_dynamic_threshold) & np.isfinite(far) & (far > 0)
+            xs.append(xn[sel])
+            invs.append(far[sel])
+            ws.append(1.0 - p_dyn[sel])
+            kind.append(np.ones(int(sel.sum()), bool))
+        xs, invs, kind = np.concatenate(xs), np.concatenate(invs), np.concatenate(kind)
         # Undistorted pixel positions (pinhole) in the working image, normalised to [-1, 1].
-        u = cam.fx * job.xn[have, 0] + cam.cx
-        v = cam.fy * job.xn[have, 1] + cam.cy
+        u = cam.fx * xs[:, 0] + cam.cx
+        v = cam.fy * xs[:, 1] + cam.cy
         uv_norm = np.stack([2.0 * u / (W - 1) - 1.0, 2.0 * v / (H - 1) - 1.0], axis=1).astype(np.float32)
-        self.field.update(time_s, uv_norm, (1.0 / depth[have]).astype(np.float32),
-                          np.clip(1.0 - job.p_dyn[have], 0.0, 1.0).astype(np.float32))
+        self.field.update(time_s, uv_norm, invs.astype(np.float32),
+                          np.clip(np.concatenate(ws), 0.0, 1.0).astype(np.float32), bound=kind)
         h, w = cloud_grid(cam, cfg)
         inv = self.field.render(time_s, h, w)
         with np.errstate(divide="ignore", invalid="ignore"):
             dense_depth = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
         dense_kp = None
+        if cfg.field_upright_occluder:
+            # Moving objects have no keypoint depth: the field shows the background they hide.
+            # Upright objects are in front of the floor hidden behind their lowest pixels.
+            dyn, dense_kp = self._keypoint_values(job, h, w)
+            dense_depth = field_mod.upright_occluder_bound(dense_depth,
+                                                           dyn > cfg.field_upright_threshold)
         if cfg.field_occluder_bound:
             # Moving objects have no keypoint depth: the field shows the background behind
             # them. They occlude that background, so cap them at the depth around them.
-            dyn, dense_kp = self._keypoint_values(job, h, w)
+            if dense_kp is None:
+                dyn, dense_kp = self._keypoint_values(job, h, w)
             dense_depth = field_mod.occluder_depth_bound(
                 dense_depth, dyn > cfg.cloud_dynamic_threshold, cfg.field_occluder_percentile,
                 cfg.field_occluder_rim_px * (w - 1) / (W - 1))

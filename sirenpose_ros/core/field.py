@@ -112,6 +112,35 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("field_occluder_rim_px", 12.0,
               "Width of the rim around a dynamic region whose depth bounds it (working-"
               "resolution pixels).", min=1.0, max=1000.0),
+    ParamSpec("field_upright_occluder", True,
+              "Cap each confidently dynamic pixel of the rendered depth at the smallest depth at "
+              "or below it in its column's dynamic run (upright_occluder_bound): a moving object "
+              "is in front of the background it hides, and an upright object's depth changes "
+              "little along a column, so the floor hidden behind its lowest pixels bounds it. "
+              "Measured (synthetic presets, seeds 0 and 1): Abs Rel close_object 0.46 -> 0.38 "
+              "and 0.41 -> 0.35, large_dynamic 0.62 -> 0.59 and 0.91 -> 0.76, multi_object s1 "
+              "0.16 -> 0.14; others within +-0.01."),
+    ParamSpec("field_upright_threshold", 0.7,
+              "Dynamic probability (dense map) above which field_upright_occluder caps a pixel. "
+              "Higher than cloud_dynamic_threshold on purpose: a static floor wrongly flagged "
+              "dynamic would be pulled in, while a missed object pixel only keeps the field's "
+              "depth (at 0.5 low_texture seed 1 lost 0.015 in delta<1.25).", min=0.0, max=1.0),
+    ParamSpec("field_far_bound_weight", 1.0,
+              "Weight of the far bounds (one-sided samples: inverse depth at most the value, see "
+              "DepthFieldEstimator.update) relative to the keypoint depths. The pipeline derives "
+              "them from static tracks that have no landmark yet because their parallax is too "
+              "small to triangulate: small parallax over a known baseline means the point is far. "
+              "Without them the field fills the untriangulated (far) part of the image with the "
+              "depth of the triangulated (near) part; 0 turns them off.", min=0.0, max=100.0),
+    ParamSpec("field_far_bound_px", 1.0,
+              "Allowance (pixels) added to a track's measured parallax before it is turned into a "
+              "far bound (track noise in both views and pose error): larger gives weaker, safer "
+              "bounds.", min=0.0, max=100.0),
+    ParamSpec("field_far_bound_min_texture", 0.2,
+              "A far bound needs at least this share of the track's image gradient energy along "
+              "its epipolar direction: on an edge parallel to the epipolar line a track slides "
+              "(aperture problem) and its parallax reads too small. 0 keeps every track.",
+              min=0.0, max=1.0),
     ParamSpec("field_seed", 0,
               "Seed of the field's initialisation and minibatch sampling (reproducible runs).",
               min=0, max=2**31 - 1),
@@ -180,6 +209,40 @@ def occluder_depth_bound(depth: np.ndarray, dynamic: np.ndarray, percentile: flo
     bound = np.full(n, np.inf, np.float32)
     bound[1:][has] = val[k[has]]
     return np.minimum(out, bound[lab]).astype(np.float32)
+
+
+def upright_occluder_bound(depth: np.ndarray, dynamic: np.ndarray) -> np.ndarray:
+    """Cap each dynamic pixel at the smallest ``depth`` at or below it in its vertical run of
+    dynamic pixels (same image column). Returns a new array.
+
+    Why: a moving object has no keypoint depth, so the field renders the background it hides;
+    the object is in front of that background at each of its pixels. Objects that move (people,
+    carts, boxes) are upright: their visible faces are about vertical, so their depth changes
+    little along an image column, and the bound from the nearest background hidden lower in
+    the column (the floor behind the object's lowest pixels, much nearer than the wall behind
+    its top) carries up the column. Only upwards: hidden background above a pixel rarely bounds
+    a real object better, while on a static surface wrongly flagged dynamic (a ceiling) it
+    would pull the depth in (measured on multi_object). Unlike the rim bound
+    (``occluder_depth_bound``) no depth from outside the region is used. Vectorised: a
+    cumulative minimum running bottom-up, kept inside each run by offsetting the runs apart.
+    """
+    depth = np.asarray(depth, np.float32)
+    dyn = np.asarray(dynamic, bool) & np.isfinite(depth)
+    if not dyn.any():
+        return depth.copy()
+    h, w = depth.shape
+    m = dyn[::-1].T.ravel()                  # column by column, bottom-up: runs are contiguous
+    d = depth[::-1].T.ravel().astype(np.float64)
+    first = (np.arange(m.size) % h) == 0
+    prev = np.concatenate([[False], m[:-1]]) & ~first
+    run = np.cumsum(m & ~prev)               # increases along the scan; constant within a run
+    big = 2.0 * float(np.abs(d[m]).max()) + 1.0
+    # Later runs sit lower by `big` than every earlier value: the running minimum never carries
+    # over from one run into the next. Non-dynamic pixels are +inf and never win.
+    shifted = np.where(m, d - run * big, np.inf)
+    cum = np.minimum.accumulate(shifted) + run * big
+    capped = np.where(m, np.minimum(d, cum), d)
+    return capped.reshape(w, h).T[::-1].astype(np.float32)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -289,6 +352,7 @@ class DepthFieldEstimator:
         self.w_space = float(g("field_spatial_weight"))
         self.space_step = float(g("field_spatial_step"))
         self.reg_points = int(g("field_reg_points"))
+        self.w_bound = float(g("field_far_bound_weight"))
         self.seed = int(g("field_seed"))
         self.device = resolve_device(str(g("field_device")))
         self._use_graph = bool(g("field_cuda_graph")) and self.device.type == "cuda"
@@ -312,6 +376,9 @@ class DepthFieldEstimator:
         self._uv = torch.zeros((F, N, 2), dtype=torch.float32, device=self.device)
         self._z = torch.zeros((F, N), dtype=torch.float32, device=self.device)   # log inv depth
         self._w = torch.zeros((F, N), dtype=torch.float32, device=self.device)
+        # 1 where the sample is a far bound (the field's inverse depth must not exceed it), 0 for
+        # an ordinary depth sample.
+        self._b = torch.zeros((F, N), dtype=torch.float32, device=self.device)
         self._grid_cache: dict[tuple[int, int], torch.Tensor] = {}
         self.reset()
 
@@ -368,35 +435,42 @@ class DepthFieldEstimator:
 
     # ------------------------------------------------------------------ update
     def update(self, time_s: float, uv_norm: np.ndarray, inv_depth: np.ndarray,
-               weight: np.ndarray, steps: int | None = None) -> dict:
+               weight: np.ndarray, steps: int | None = None,
+               bound: np.ndarray | None = None) -> dict:
         """Store this frame's samples, then run ``steps`` Adam steps (``field_steps_per_frame``).
 
         ``uv_norm`` (N,2) in [-1, 1] (see module doc), ``inv_depth`` (N,) > 0, ``weight`` (N,) >= 0.
-        Samples with non-finite values, inv_depth <= 0 or weight <= 0 are ignored. A time earlier
-        than the newest stored frame (bag loop, clock reset) resets the field first.
-        Returns ``dict(loss, data_loss, steps, ms)``.
+        ``bound`` (N,) bool, optional: True marks a far bound, a one-sided sample that only says
+        the inverse depth there is at most ``inv_depth`` (the point is at least that far); it
+        costs nothing while the field is farther, and its weight is scaled by
+        ``field_far_bound_weight``. Samples with non-finite values, inv_depth <= 0 or weight <= 0
+        are ignored. A time earlier than the newest stored frame (bag loop, clock reset) resets
+        the field first. Returns ``dict(loss, data_loss, steps, ms)``.
         """
         t0 = time.perf_counter()
         time_s = float(time_s)
         if self._t_newest is not None and time_s < self._t_newest:
             self.reset()
-        self._store(time_s, uv_norm, inv_depth, weight)
+        self._store(time_s, uv_norm, inv_depth, weight, bound)
         out = self.step(self.steps_per_frame if steps is None else int(steps))
         out["ms"] = (time.perf_counter() - t0) * 1e3
         return out
 
-    def _store(self, time_s: float, uv_norm, inv_depth, weight) -> None:
+    def _store(self, time_s: float, uv_norm, inv_depth, weight, bound=None) -> None:
         uv = np.asarray(uv_norm, np.float32).reshape(-1, 2)
         inv = np.asarray(inv_depth, np.float32).reshape(-1)
         w = np.asarray(weight, np.float32).reshape(-1)
-        if not (uv.shape[0] == inv.shape[0] == w.shape[0]):
+        b = (np.zeros(inv.shape[0], bool) if bound is None
+             else np.asarray(bound, bool).reshape(-1))
+        if not (uv.shape[0] == inv.shape[0] == w.shape[0] == b.shape[0]):
             raise ValueError(f"update(): uv_norm {uv.shape}, inv_depth {inv.shape}, weight "
-                             f"{w.shape} must have the same length")
+                             f"{w.shape}, bound {b.shape} must have the same length")
+        w = np.where(b, w * self.w_bound, w)
         ok = np.isfinite(uv).all(1) & np.isfinite(inv) & (inv > 0) & np.isfinite(w) & (w > 0)
-        uv, inv, w = uv[ok], inv[ok], w[ok]
+        uv, inv, w, b = uv[ok], inv[ok], w[ok], b[ok]
         if uv.shape[0] > self.max_per_frame:
             keep = self._rng.choice(uv.shape[0], self.max_per_frame, replace=False)
-            uv, inv, w = uv[keep], inv[keep], w[keep]
+            uv, inv, w, b = uv[keep], inv[keep], w[keep], b[keep]
         n = uv.shape[0]
         s = self._next_slot
         self._next_slot = (s + 1) % self.window
@@ -409,10 +483,13 @@ class DepthFieldEstimator:
             self._uv[s, :n].copy_(torch.from_numpy(np.clip(uv, -1.0, 1.0)))
             self._z[s, :n].copy_(torch.from_numpy(z))
             self._w[s, :n].copy_(torch.from_numpy(w))
+            self._b[s, :n].copy_(torch.from_numpy(b.astype(np.float32)))
         self._w[s, n:].zero_()   # stale rows of the slot's previous frame must not count
-        if n and not self._bias_set:
+        if n and not self._bias_set and (~b).any():
             # Start the field at the weighted median depth of the first samples: the fit then only
-            # has to learn the shape, not a scale that may be many log-units away.
+            # has to learn the shape, not a scale that may be many log-units away. Bounds are no
+            # depth estimates and do not count.
+            z, w = z[~b], w[~b]
             order = np.argsort(z)
             cw = np.cumsum(w[order])
             med = float(z[order][np.searchsorted(cw, 0.5 * cw[-1])])
@@ -438,56 +515,62 @@ class DepthFieldEstimator:
         x_data = torch.cat([uv, tn_of_slot[slot_idx].unsqueeze(-1)], -1)    # (S, B, 3)
         z_data = self._z[slot_idx, row_idx]
         w_data = self._w[slot_idx, row_idx]
+        b_data = self._b[slot_idx, row_idx]
         if valid is not None:
             w_data = w_data * valid
         w_data = w_data / w_data.sum(-1, keepdim=True).clamp_min(1e-12)  # weighted mean below
         x_all = torch.cat([x_data, self._reg_points(n_steps, min(tn.values()))], 1)  # (S, B+6M, 3)
 
         if self._use_graph:
-            last = self._run_graph(x_all, z_data, w_data)
+            last = self._run_graph(x_all, z_data, w_data, b_data)
         else:
             for k in range(n_steps):           # no host syncs in here (no .item(), no bool())
-                last = self._eager_step(x_all[k], z_data[k], w_data[k])
+                last = self._eager_step(x_all[k], z_data[k], w_data[k], b_data[k])
         self._steps_done += n_steps
         loss_v, data_v = torch.stack(last).tolist()   # the one sync per call
         return {"loss": loss_v, "data_loss": data_v, "steps": n_steps,
                 "ms": (time.perf_counter() - t0) * 1e3}
 
-    def _loss(self, x: torch.Tensor, z_t: torch.Tensor, w_t: torch.Tensor):
-        """Robust data term on the first len(z_t) rows of x, smoothness on the remaining 6M."""
+    def _loss(self, x: torch.Tensor, z_t: torch.Tensor, w_t: torch.Tensor, b_t: torch.Tensor):
+        """Robust data term on the first len(z_t) rows of x, smoothness on the remaining 6M.
+        Rows with b_t = 1 are far bounds: only a field nearer than the bound (z > z_t) costs."""
         B, M = z_t.shape[0], self.reg_points
         z = self.net.log_inv_depth(x)
-        data = (w_t * nnf.huber_loss(z[:B], z_t, reduction="none", delta=self.huber_delta)).sum()
+        r = z[:B] - z_t
+        r = torch.where(b_t > 0, r.clamp_min(0.0), r)
+        data = (w_t * nnf.huber_loss(r, torch.zeros_like(r), reduction="none",
+                                     delta=self.huber_delta)).sum()
         loss = data
         if self._use_reg:
             loss = loss + (self._stencil @ z[B:].view(6, M)).square().sum()
         return loss, data
 
-    def _eager_step(self, x, z_t, w_t):
+    def _eager_step(self, x, z_t, w_t, b_t):
         """One Adam step; returns detached (loss, data loss). The autograd graph dies on
         return (keeping it alive across steps would pin AccumulateGrad nodes to a stream)."""
         self.opt.zero_grad(set_to_none=True)
-        loss, data = self._loss(x, z_t, w_t)
+        loss, data = self._loss(x, z_t, w_t, b_t)
         loss.backward()
         self.opt.step()
         return loss.detach(), data.detach()
 
     # -------------------------------------------------------------- CUDA graph
-    def _run_graph(self, x_all, z_data, w_data):
+    def _run_graph(self, x_all, z_data, w_data, b_data):
         """Replay one captured training step per row: on a GPU this small network is bound by
         kernel-launch overhead (~100 launches per step), which a graph replay removes."""
         if self._graph is None:
-            self._capture(x_all[0], z_data[0], w_data[0])
-        sx, sz, sw = self._static_in
+            self._capture(x_all[0], z_data[0], w_data[0], b_data[0])
+        sx, sz, sw, sb = self._static_in
         for k in range(x_all.shape[0]):
             sx.copy_(x_all[k])
             sz.copy_(z_data[k])
             sw.copy_(w_data[k])
+            sb.copy_(b_data[k])
             self._graph.replay()
         return tuple(t.detach().clone() for t in self._static_out)
 
-    def _capture(self, x, z_t, w_t) -> None:
-        self._static_in = (x.clone(), z_t.clone(), w_t.clone())
+    def _capture(self, x, z_t, w_t, b_t) -> None:
+        self._static_in = (x.clone(), z_t.clone(), w_t.clone(), b_t.clone())
         # Warm-up iterations (required before capture) must not change the field: snapshot
         # parameters and optimiser state, restore them in place afterwards.
         params = list(self.net.parameters())

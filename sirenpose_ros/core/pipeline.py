@@ -375,7 +375,7 @@ class Pipeline:
         if due and wres.state == TrackingState.TRACKING:
             self._last_dense_stamp = frame.stamp_ns
         self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, ids=ids,
-                               wres=wres, graph=g, world=self._world, dense_due=due)
+                               wres=wres, graph=g, world=self._world, dense_due=due, px=px)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return result
 
@@ -383,6 +383,36 @@ class Pipeline:
         hz = float(self.cfg.pipeline_dense_max_hz)
         last = self._last_dense_stamp
         return hz <= 0 or last is None or stamp_ns < last or (stamp_ns - last) * 1e-9 >= 0.9 / hz
+
+    def _far_bounds(self, ctx: dict) -> np.ndarray | None:
+        """Far bounds of the job's tracks (SlidingWindowEstimator.far_bounds), or None. Here in
+        the dense stage, not the pose stage: the image filtering stays off the pose latency and
+        the window is locked only for the look-up."""
+        cfg = self.cfg
+        if cfg.field_far_bound_weight <= 0:
+            return None
+        structure = None
+        if cfg.field_far_bound_min_texture > 0:
+            structure = self._structure_at(ctx["frame"].gray, ctx["cam"], ctx["px"])
+        with self.lock:
+            if ctx["world"] != self._world:        # the map was reset since: other keyframes
+                return None
+            return self.window.far_bounds(ctx["ids"], ctx["xn"], ctx["wres"].T_world_cam,
+                                          cfg.field_far_bound_px, structure,
+                                          cfg.field_far_bound_min_texture)
+
+    def _structure_at(self, gray: np.ndarray, cam, px: np.ndarray) -> np.ndarray:
+        """(N, 3) image structure tensor [Sxx, Sxy, Syy] (box window of about a KLT patch) of the
+        working-size image at the (working-pixel) positions ``px``."""
+        if gray.shape[1] != cam.width or gray.shape[0] != cam.height:
+            gray = cv2.resize(gray, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
+        g = gray.astype(np.float32)
+        gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+        S = cv2.boxFilter(np.dstack([gx * gx, gx * gy, gy * gy]), -1, (9, 9))
+        c = np.clip(np.rint(px[:, 0]).astype(np.int64), 0, cam.width - 1)
+        r = np.clip(np.rint(px[:, 1]).astype(np.int64), 0, cam.height - 1)
+        return S[r, c].astype(np.float64)
 
     def _refine_window(self, g, ids: np.ndarray, cam) -> None:
         """SirenPose joint refinement of the window (keyframes only): poses, landmarks and the
@@ -447,7 +477,7 @@ class Pipeline:
             out = self.dense.run(DenseInput(
                 frame.stamp_ns, ctx["world"], cam, frame.camera.width, ctx["xn"], ctx["p_dyn"],
                 self._keypoint_velocity(ctx["ids"]), wres.landmark_depth, wres.T_world_cam,
-                bool(wres.is_keyframe), small_rgb(frame.rgb, cam, self.cfg)))
+                bool(wres.is_keyframe), small_rgb(frame.rgb, cam, self.cfg), self._far_bounds(ctx)))
             if out is not None:
                 result.depth, result.depth_scale = out.depth, out.depth_scale
                 result.dynamic_map, result.cloud, result.map_cloud = out.dynamic_map, out.cloud, out.map_cloud

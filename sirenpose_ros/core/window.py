@@ -477,6 +477,71 @@ class SlidingWindowEstimator:
         return WindowResult(TrackingState.TRACKING, T_wc, self._covariance(T_wc), self._velocity(),
                             is_kf, depth, pend.get("message", ""), pend["reset"])
 
+    def far_bounds(self, ids: np.ndarray, xn: np.ndarray, T_world_cam: np.ndarray | None,
+                   allowance_px: float, structure: np.ndarray | None = None,
+                   min_texture_share: float = 0.0) -> np.ndarray:
+        """(N,) upper bound on the inverse depth in the camera ``T_world_cam`` of each track that
+        has no landmark, from its parallax against the oldest window keyframe that saw it; NaN
+        where there is none (a landmark, not seen in a keyframe, too little baseline across the
+        ray).
+
+        Why: a static track stays untriangulated while its parallax is below
+        ``window_tri_min_parallax_deg``, and small parallax over a known baseline means *far*.
+        For the point X = C2 + r d2 on the current ray d2, the rays from the keyframe centre C1
+        and from C2 meet at the angle a with sin a = |B x d2| / |X - C1| exactly (B = C2 - C1),
+        and |X - C1| <= r + |B|. The measured angle plus ``allowance_px`` / focal (track noise in
+        both views, pose error) bounds a from above, so r >= |B x d2| / sin(angle + allowance)
+        - |B|, i.e. 1/z = |(x, 1)| / r is bounded from above. Only this one-sided bound is used:
+        the opposite one (from angle - allowance) is broken by tracks with spurious extra motion
+        (drift, occlusion T-junctions), measured to hurt low_texture and multi_object. Only the
+        baseline the window already knows enters: a camera that has not translated gives none.
+
+        ``structure`` (N, 3): the image structure tensor [Sxx, Sxy, Syy] around each track. A
+        track measures its motion only along the image gradient (aperture problem): on an edge
+        that runs along the epipolar line it slides freely, and its parallax, which lies along
+        that line, reads as small. Tracks whose gradient energy along the epipolar direction is
+        below ``min_texture_share`` of their total get no bound.
+        """
+        ids = np.asarray(ids)
+        out = np.full(ids.shape[0], np.nan)
+        if T_world_cam is None or not self.keyframes or ids.size == 0 or getattr(self, "_f", 0) <= 0:
+            return out
+        _, is_lm = _lookup(self.lm_ids, ids)
+        todo = ~is_lm
+        C2 = T_world_cam[:3, 3]
+        b2 = geo.bearings(xn) @ T_world_cam[:3, :3].T          # unit world bearings
+        norm_xn = np.sqrt(1.0 + np.sum(np.asarray(xn, np.float64) ** 2, axis=1))
+        allow = float(allowance_px) / self._f
+        for kf in self.keyframes:                  # oldest first: the widest baseline
+            if not todo.any():
+                break
+            kk, seen = _lookup(kf.ids, ids)
+            sel = np.flatnonzero(todo & seen)
+            if sel.size == 0:
+                continue
+            T_wc1 = geo.invert(kf.T_cw)
+            b1 = geo.bearings(kf.xn[kk[sel]]) @ T_wc1[:3, :3].T
+            d2 = b2[sel]
+            angle = np.arctan2(np.linalg.norm(np.cross(b1, d2), axis=1), np.sum(b1 * d2, axis=1))
+            B = C2 - T_wc1[:3, 3]
+            b_perp = np.linalg.norm(np.cross(B[None, :], d2), axis=1)
+            r_min = b_perp / np.sin(np.minimum(angle + allow, 0.5 * np.pi)) - np.linalg.norm(B)
+            ok = r_min > 0
+            if structure is not None:
+                # Epipolar direction at x2: a point on the ray seen from C1 (in this camera's
+                # orientation, t = C1 - C2 in camera coordinates) projects to about
+                # x2 - (t_xy - t_z x2) / z.
+                t = T_world_cam[:3, :3].T @ (-B)
+                x2 = np.asarray(xn, np.float64)[sel]
+                ed = t[None, :2] - t[2] * x2
+                S = np.asarray(structure, np.float64)[sel]
+                along = S[:, 0] * ed[:, 0] ** 2 + 2 * S[:, 1] * ed[:, 0] * ed[:, 1] + S[:, 2] * ed[:, 1] ** 2
+                total = (S[:, 0] + S[:, 2]) * np.sum(ed ** 2, axis=1)
+                ok &= along >= min_texture_share * np.maximum(total, 1e-30)
+            out[sel[ok]] = norm_xn[sel[ok]] / r_min[ok]
+            todo[sel[ok]] = False
+        return out
+
     # ------------------------------------------------------------------ initialisation
     def _initialise(self, stamp_ns, ids, xn, p_prior) -> PoseEstimate:
         self._evidence = self._motion_evidence(ids, xn, p_prior)
