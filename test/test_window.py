@@ -116,7 +116,7 @@ def test_tracking_with_pixel_noise_is_accurate():
 
 
 def test_bundle_adjustment_reduces_perturbed_pose_error():
-    cfg = _cfg(window_ba_iterations=20)
+    cfg = _cfg(window_ba_iterations=20, window_fixed_keyframes=2)   # two fixed, two free
     est = window.SlidingWindowEstimator(cfg)
     est._f = F
     X, Ts = _world(), _trajectory(40)
@@ -142,7 +142,7 @@ def test_bundle_adjustment_reduces_perturbed_pose_error():
 
 
 def test_bundle_adjustment_converges_exactly_without_noise():
-    cfg = _cfg(window_ba_iterations=30)
+    cfg = _cfg(window_ba_iterations=30, window_fixed_keyframes=2)   # two fixed, two free
     est = window.SlidingWindowEstimator(cfg)
     est._f = F
     X, Ts = _world(600), _trajectory(40)

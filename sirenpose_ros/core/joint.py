@@ -69,8 +69,9 @@ PARAMS = [
     ParamSpec("joint_field_dynamic_weight", 1.0,
               "Weight (times p_dynamic) of dynamic keypoints' refined depths when fitting the "
               "field, so that moving objects get their own depth in the dense output.", 0.0, 100.0),
-    ParamSpec("joint_fixed_keyframes", 2,
-              "Oldest keyframes held fixed (gauge and monocular scale).", 1, 10),
+    ParamSpec("joint_fixed_keyframes", 4,
+              "Oldest keyframes held fixed (gauge and monocular scale); as window_fixed_keyframes "
+              "(two a short baseline apart let the scale wander).", 1, 10),
     ParamSpec("joint_dynamic_threshold", 0.5,
               "Tracks at or above this dynamic probability (and without a landmark) become "
               "dynamic keypoints with per-keyframe positions.", 0.0, 1.0),

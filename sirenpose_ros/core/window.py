@@ -38,7 +38,7 @@ from sirenpose_ros.core.types import TrackingState
 
 PARAMS = [
     ParamSpec("window_size_keyframes", 8, "Keyframes in the sliding window (bundle adjustment span).", 3, 50),
-    ParamSpec("window_fixed_keyframes", 2, "Oldest keyframes held fixed in bundle adjustment (gauge and scale).", 1, 10),
+    ParamSpec("window_fixed_keyframes", 4, "Oldest keyframes held fixed in bundle adjustment (gauge and scale). Two a short baseline apart barely hold the scale: each adjustment moved the free keyframes' scale a little and the map's scale wandered (fast: the scale over 10 frames swung by 37 % in 45 frames; 22 % with 4 fixed, see test_window_scale.py).", 1, 10),
     ParamSpec("window_kf_parallax_px", 15.0, "New keyframe when the median keypoint motion since the last keyframe exceeds this (pixels).", 1.0, 500.0),
     ParamSpec("window_kf_track_ratio", 0.7, "New keyframe when fewer than this share of the last keyframe's landmarks are still tracked.", 0.0, 1.0),
     ParamSpec("window_kf_max_frames", 15, "New keyframe at least every this many frames.", 1, 1000),
@@ -69,6 +69,7 @@ PARAMS = [
     ParamSpec("window_provisional_max_depth_error", 0.2, "A provisional two-view pose is published only while the median relative depth uncertainty of its points (see window_init_max_depth_error) is below this.", 0.001, 10.0),
     ParamSpec("window_provisional_max_rotation_deg", 0.1, "A provisional two-view pose is published only while its rotation uncertainty (1 sigma, and the spread of rival solutions) is below this (degrees).", 0.0, 10.0),
     ParamSpec("window_init_score_sigmas", 4.0, "Two-view solutions are scored by their Sampson residuals truncated at this many times the inlier noise of the best-fitting solution (at most window_init_inlier_px): a wrong short-baseline solution that gains a few outliers but fits the static tracks worse then scores worse.", 1.0, 100.0),
+    ParamSpec("window_init_track_weighting", True, "Two-view geometry before initialisation: after the Huber polish, refine again with Cauchy weights at the inliers' robust noise level, so that the consistent tracks, not the faint or drifting ones (low texture), decide the solution and the covariance and depth uncertainty that gate provisional poses; the map's own gates keep every inlier alike (off: every inlier counts alike everywhere).", None, None),
     ParamSpec("window_init_rival_cost", 2.0, "Two-view solutions whose truncated (MSAC) cost exceeds the best one's by less than this many times the cost of one truncated residual are rivals: a provisional pose needs every rival to agree with it.", 0.0, 100.0),
     ParamSpec("window_coverage_cell_px", 32.0, "Cell size (pixels) for the spatial coverage of a model's inliers: with several rigid motions in view, the model supported over more of the image (the background) wins over a larger but compact moving object.", 4.0, 1000.0),
     ParamSpec("window_motion_span_frames", 3, "Before initialisation, tracks are tested against the dominant (widest-spread) pure rotation over this many frames; those that do not follow it are reported to the dynamic graph, so a moving object is kept out of the initialisation.", 1, 30),
@@ -301,18 +302,21 @@ def _in_front_count(R, t, x1, x2) -> int:
 
 
 def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarray,
-                         huber: float, iterations: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         huber: float, iterations: int = 20,
+                         loss: str = "huber") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robust Gauss-Newton on the Sampson distance over all inliers (5 DOF: rotation and the
     direction of t). RANSAC returns the best *minimal-sample* model, which on a short baseline
     can be off by degrees; this least-squares polish uses every correspondence.
 
+    ``loss``: 'huber' (threshold ``huber``) or 'cauchy' (scale ``huber``): see :func:`robust_weights`.
+
     Returns R, unit t and the 5x5 Gauss-Newton information (normalized units^-2) over
-    (rotation, two directions of t) at the last linearisation."""
+    (rotation, two directions of t) at the last linearisation, weighted by the robust loss."""
     R, t = R.copy(), t / np.linalg.norm(t)
     eps = 1e-7
     perturb, tangent = _perturb_relative, _tangent_basis
     r = sampson_residuals(R, t, x1, x2)
-    cost = np.sum(_huber_cost(np.abs(r), huber))
+    cost = np.sum(robust_cost(np.abs(r), huber, loss))
     lam = 1e-4
     for _ in range(iterations):
         basis = tangent(t)
@@ -321,14 +325,14 @@ def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.nd
             d = np.zeros(5)
             d[j] = eps
             J[:, j] = (sampson_residuals(*perturb(R, t, d, basis), x1, x2) - r) / eps
-        w = _huber_weights(np.abs(r), huber)
+        w = robust_weights(np.abs(r), huber, loss)
         H = (J * w[:, None]).T @ J
         g = (J * w[:, None]).T @ r
         while lam < 1e4:
             step = -np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-30), g)
             R2, t2 = perturb(R, t, step, basis)
             r2 = sampson_residuals(R2, t2, x1, x2)
-            cost2 = np.sum(_huber_cost(np.abs(r2), huber))
+            cost2 = np.sum(robust_cost(np.abs(r2), huber, loss))
             if cost2 < cost:
                 break
             lam *= 10.0
@@ -814,12 +818,28 @@ class SlidingWindowEstimator:
             R, t, H = refine_relative_pose(R, t.ravel(), x1[inl], x2[inl], 0.5 * tau)
             r = np.abs(sampson_residuals(R, t, x1, x2))
             inl = r < tau
+            s2 = float(np.mean(r[inl] ** 2))
+            H0, s20 = H, s2           # every inlier alike: the map's (conservative) gates use these
+            if c.window_init_track_weighting and inl.sum() >= c.window_init_min_points:
+                # Tracks are not equally good: on faint texture a share of them (corners on
+                # occlusion edges, slowly drifting KLT windows) sits at 0.5-1 px from any
+                # epipolar geometry while the rest fits to ~0.1 px. Weighting every inlier
+                # alike lets the bad share bend the solution and set the noise level, which
+                # inflates the covariance and the depth uncertainty that gate initialisation.
+                # Cauchy weights at the inliers' own noise level (robust sigma) let the
+                # consistent tracks carry the solution and its uncertainty.
+                sig = max(1.4826 * float(np.median(r[inl])), 0.02 / self._f)
+                R, t, H = refine_relative_pose(R, t, x1[inl], x2[inl], sig, loss="cauchy")
+                r = np.abs(sampson_residuals(R, t, x1, x2))
+                inl = r < tau
+                w = robust_weights(r[inl], sig, "cauchy")
+                s2 = float(np.sum(w * r[inl] ** 2) / max(float(np.sum(w)), 1e-12))
             # The epipolar residual does not see the sign of t; recoverPose chose it by
             # cheirality on the unpolished model, which on a short baseline (most points near
             # infinity) can go either way. Choose it again on the polished one.
             if _in_front_count(R, -t, x1[inl], x2[inl]) > _in_front_count(R, t, x1[inl], x2[inl]):
                 t = -t
-            cands.append((R, t, inl, H, float(np.mean(r[inl] ** 2)), r))
+            cands.append((R, t, inl, H, s2, r, H0, s20))
         if not cands:
             return [], tau
         # Score truncation: the inlier threshold (a bound on the tracks' error that a model must
@@ -827,10 +847,10 @@ class SlidingWindowEstimator:
         # wrong short-baseline model that fits a few more outliers (e.g. the edge of a moving
         # object) beat the right one, although it fits every static track worse. Truncating at
         # a few sigma of the best-fitting candidate's inlier noise weighs those properly.
-        sigma = min(1.4826 * float(np.median(r[inl & use])) for _, _, inl, _, _, r in cands)
+        sigma = min(1.4826 * float(np.median(r[inl & use])) for _, _, inl, _, _, r, *_ in cands)
         tau_s = float(np.clip(c.window_init_score_sigmas * sigma, 0.1 * tau, tau))
-        scored = [(float(np.sum(np.minimum(r[use], tau_s) ** 2)), R, t, inl, H, s2)
-                  for R, t, inl, H, s2, r in cands]
+        scored = [(float(np.sum(np.minimum(r[use], tau_s) ** 2)), R, t, inl, H, s2, H0, s20)
+                  for R, t, inl, H, s2, r, H0, s20 in cands]
         scored.sort(key=lambda k: k[0])
         return scored, tau_s
 
@@ -859,7 +879,7 @@ class SlidingWindowEstimator:
         cands, tau_s = cands
         if not cands:
             return "no essential matrix", None
-        score, R, t, inl, H, sigma2 = cands[0]
+        score, R, t, inl, H, sigma2, H0, sigma2_0 = cands[0]
         tv = dict(R=R, t=t, inl=inl, cov=None, cands=cands, tau_s=tau_s)
         # Is the initial map worth building? Propagate the relative pose's covariance (from the
         # refinement's information matrix and the residual variance: a flat valley, rotation
@@ -867,9 +887,14 @@ class SlidingWindowEstimator:
         # depths of the points; few tracks or a short baseline both show up as depth uncertainty.
         try:
             cov = np.linalg.inv(H) * sigma2
+            tv["cov"] = cov
+            # The map's gates (ambiguity, depth uncertainty) take every inlier alike, as the map
+            # will: they stay as conservative as without track weighting (an initial map on a
+            # baseline that only the consistent tracks find certain measured worse), while the
+            # provisional poses use the weighted covariance (``cov``).
+            cov = np.linalg.inv(H0) * sigma2_0
         except np.linalg.LinAlgError:
             return "singular two-view geometry, waiting for parallax", tv
-        tv["cov"] = cov
         # Two minima scoring alike: ambiguous, unless they differ by less than the uncertainty
         # of the best one (then they are the same solution up to noise).
         t_std = float(np.degrees(np.sqrt(max(cov[3, 3] + cov[4, 4], 0.0))))
@@ -879,7 +904,7 @@ class SlidingWindowEstimator:
                       or np.degrees(np.linalg.norm(geo.so3_log(R.T @ R2))) > max(0.2, 3.0 * r_std))
             if differ and s2 < 1.1 * score:
                 return "ambiguous two-view geometry, waiting for parallax", tv
-        rel = init_depth_uncertainty(R, t, cov, np.sqrt(sigma2), x1[inl], x2[inl])
+        rel = init_depth_uncertainty(R, t, cov, np.sqrt(sigma2_0), x1[inl], x2[inl])
         depth_err = float(np.median(rel))
         self._init_depth_error = depth_err
         tv["depth_err"] = depth_err
@@ -938,10 +963,9 @@ class SlidingWindowEstimator:
         R, t, inl = tv["R"], tv["t"], tv["inl"]
         # Few or barely moving tracks (low texture): the covariance of a short baseline then
         # understates the error; the points' depth uncertainty shows it.
-        if "depth_err" not in tv:
-            tv["depth_err"] = float(np.median(init_depth_uncertainty(
-                R, t, cov, np.sqrt(cands[0][5]), x1[inl], x2[inl])))
-        if not tv["depth_err"] <= c.window_provisional_max_depth_error:
+        depth_err = float(np.median(init_depth_uncertainty(
+            R, t, cov, np.sqrt(cands[0][5]), x1[inl], x2[inl])))
+        if not depth_err <= c.window_provisional_max_depth_error:
             return None
         ids_u = self._pending["ids"][usable]
         s, front, z = self._two_view_scale(ref, R, t, x1[inl], x2[inl], ids_u[inl])
