@@ -1,15 +1,12 @@
 """Initialisation on a rendered dynamic sequence: frames before the map get poses (rotation-only
 while the camera barely translates, then provisional two-view poses), in the map's world frame
 and scale, accurate enough not to spoil the trajectory."""
-import cv2
 import numpy as np
 
-from sirenpose_ros.core.camera import CameraModel
-from sirenpose_ros.core.config import make_config
-from sirenpose_ros.core.pipeline import Pipeline
-from sirenpose_ros.core.types import Frame
 from sirenpose_ros.eval.metrics import ate, trajectory_length
 from sirenpose_ros.synth.sequence import render_sequence
+
+from pipeline_runs import process_sequence
 
 N = 16
 
@@ -18,11 +15,7 @@ def test_frames_before_the_map_get_accurate_poses():
     # close_object: a person-sized box crosses close to a slow, mostly forward-moving camera; the
     # map waits ~10 frames for parallax (8 of the first 16 frames had no pose before).
     seq = render_sequence("close_object", seed=0, n_frames=N, width=320, height=240)
-    K = seq.K
-    cam = CameraModel.pinhole(seq.width, seq.height, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-    pipe = Pipeline(make_config({"field_enabled": False}))
-    rs = [pipe.process(Frame(int(seq.stamps_ns[i]), cv2.cvtColor(seq.rgb[i], cv2.COLOR_RGB2GRAY),
-                             seq.rgb[i], cam)) for i in range(N)]
+    rs = process_sequence(seq, {"field_enabled": False}, N)
     posed = [i for i, r in enumerate(rs) if r.T_world_cam is not None]
     init = next(i for i, r in enumerate(rs) if "initialised" in r.message)
     two_view = [i for i, r in enumerate(rs) if "two-view pose" in r.message]

@@ -3,25 +3,18 @@ wander. With only the two oldest keyframes fixed -- a short baseline apart -- th
 held in the window and each refinement moved the free keyframes' scale a little: on the fast
 preset the trajectory's scale over 10 frames swung by 37 % within 45 frames (without any window
 refinement it stays within a few %)."""
-import cv2
 import numpy as np
 
-from sirenpose_ros.core.camera import CameraModel
-from sirenpose_ros.core.config import make_config
-from sirenpose_ros.core.pipeline import Pipeline
-from sirenpose_ros.core.types import Frame
 from sirenpose_ros.eval.metrics import ate, trajectory_length
 from sirenpose_ros.synth.sequence import render_sequence
+
+from pipeline_runs import process_sequence
 
 
 def test_window_refinements_hold_the_scale():
     n = 45
     seq = render_sequence("fast", seed=0, n_frames=n, width=320, height=240)
-    K = seq.K
-    cam = CameraModel.pinhole(seq.width, seq.height, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-    pipe = Pipeline(make_config({"field_enabled": False}))
-    rs = [pipe.process(Frame(int(seq.stamps_ns[i]), cv2.cvtColor(seq.rgb[i], cv2.COLOR_RGB2GRAY),
-                             seq.rgb[i], cam)) for i in range(n)]
+    rs = process_sequence(seq, {"field_enabled": False}, n)
     posed = [i for i, r in enumerate(rs) if r.T_world_cam is not None]
     assert len(posed) == n
     P = np.stack([r.T_world_cam[:3, 3] for r in rs])

@@ -5,17 +5,15 @@ Weighting every inlier alike let the bad share set the noise level: the relative
 overstated the uncertainty, so the provisional two-view poses of a low-texture start were withheld
 (low_texture seed 0: frames 1-4 without a pose). With Cauchy weights at
 the inliers' own noise level the covariance follows the consistent tracks and stays honest."""
-import cv2
 import numpy as np
 
 from sirenpose_ros.core import geometry as geo
-from sirenpose_ros.core.camera import CameraModel
 from sirenpose_ros.core.config import make_config
-from sirenpose_ros.core.pipeline import Pipeline
-from sirenpose_ros.core.types import Frame
 from sirenpose_ros.core.window import SlidingWindowEstimator
 from sirenpose_ros.eval.metrics import ate, trajectory_length
 from sirenpose_ros.synth.sequence import render_sequence
+
+from pipeline_runs import process_sequence
 
 
 def _two_views(seed, f=250.0, n=150, bad_share=0.3):
@@ -59,11 +57,7 @@ def test_low_texture_start_gets_provisional_poses():
     # map waits for parallax until frame 7 and the provisional poses were withheld); now 2-3.
     n = 10
     seq = render_sequence("low_texture", seed=0, n_frames=n, width=320, height=240)
-    K = seq.K
-    cam = CameraModel.pinhole(seq.width, seq.height, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-    pipe = Pipeline(make_config({"field_enabled": False}))
-    rs = [pipe.process(Frame(int(seq.stamps_ns[i]), cv2.cvtColor(seq.rgb[i], cv2.COLOR_RGB2GRAY),
-                             seq.rgb[i], cam)) for i in range(n)]
+    rs = process_sequence(seq, {"field_enabled": False}, n)
     posed = [i for i, r in enumerate(rs) if r.T_world_cam is not None]
     assert len(posed) >= n - 2
     # ... and the poses are good ones: one similarity aligns them to within a few % of the path.

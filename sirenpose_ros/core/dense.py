@@ -184,14 +184,10 @@ class DenseStage:
 
 def _make_handler(cfg_values: dict):
     from sirenpose_ros.core.config import make_config
-    from sirenpose_ros.core.pipeline import limit_blas_threads
+    from sirenpose_ros.core.pipeline import apply_thread_limits
 
     cfg = make_config(cfg_values)
-    if cfg.pipeline_blas_threads > 0:
-        limit_blas_threads(cfg.pipeline_blas_threads)
-    if cfg.pipeline_torch_threads > 0:
-        import torch
-        torch.set_num_threads(cfg.pipeline_torch_threads)
+    apply_thread_limits(cfg)
     stage = DenseStage(cfg)
 
     def handle(msg):

@@ -16,14 +16,10 @@ from sirenpose_ros.core.child import ChildWorker, serve
 
 def _make_handler(cfg_values: dict):
     from sirenpose_ros.core.config import make_config
-    from sirenpose_ros.core.pipeline import limit_blas_threads, make_frontend
+    from sirenpose_ros.core.pipeline import apply_thread_limits, make_frontend
 
     cfg = make_config(cfg_values)
-    if cfg.pipeline_blas_threads > 0:
-        limit_blas_threads(cfg.pipeline_blas_threads)
-    if cfg.pipeline_torch_threads > 0:
-        import torch
-        torch.set_num_threads(cfg.pipeline_torch_threads)
+    apply_thread_limits(cfg)
     frontend = make_frontend(cfg)
 
     def handle(msg):

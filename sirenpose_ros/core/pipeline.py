@@ -96,6 +96,16 @@ def limit_blas_threads(n: int) -> bool:
     return done
 
 
+def apply_thread_limits(cfg: Config) -> None:
+    """This process's BLAS and torch thread counts from ``pipeline_blas_threads`` and
+    ``pipeline_torch_threads`` (the pipeline's process and each of its child processes)."""
+    if cfg.pipeline_blas_threads > 0:
+        limit_blas_threads(cfg.pipeline_blas_threads)
+    if cfg.pipeline_torch_threads > 0:
+        import torch
+        torch.set_num_threads(cfg.pipeline_torch_threads)
+
+
 def make_frontend(cfg: Config):
     """The keypoint frontend chosen by ``pipeline_frontend``."""
     if cfg.pipeline_frontend == "xfeat":
@@ -118,11 +128,7 @@ class Observation:
 class Pipeline:
     def __init__(self, cfg: Config | None = None, async_mapping: bool = False):
         self.cfg = cfg if cfg is not None else make_config()
-        if self.cfg.pipeline_blas_threads > 0:
-            limit_blas_threads(self.cfg.pipeline_blas_threads)
-        if self.cfg.pipeline_torch_threads > 0:
-            import torch
-            torch.set_num_threads(self.cfg.pipeline_torch_threads)
+        apply_thread_limits(self.cfg)
         self._async = bool(async_mapping)
         self.frontend = self._make_frontend()
         self.graph = KeypointGraph(self.cfg)
