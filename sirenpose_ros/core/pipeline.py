@@ -513,10 +513,10 @@ class Pipeline:
             rgb_small = cv2.resize(frame.rgb, (w, h), interpolation=cv2.INTER_AREA)
         if dense_kp is None:
             dyn, dense_kp = self._dense_keypoint_values(cam, xn, p_dyn, ids, h, w)
-        velocity = np.nan_to_num(dense_kp[..., 1:]).astype(np.float32)
         result.dynamic_map = dyn
-        cloud = cloud_mod.backproject(dense_depth, K_small, wres.T_world_cam, rgb_small, dyn, velocity,
-                                      max_depth=cfg.cloud_max_depth)
+        # backproject() turns the NaN velocity of pixels far from every keypoint into 0.
+        cloud = cloud_mod.backproject(dense_depth, K_small, wres.T_world_cam, rgb_small, dyn,
+                                      dense_kp[..., 1:], max_depth=cfg.cloud_max_depth)
         result.cloud = cloud
         if wres.is_keyframe:
             self.voxels.insert(cloud)          # fuses only points below cloud_dynamic_threshold
