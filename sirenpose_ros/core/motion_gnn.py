@@ -266,7 +266,6 @@ class MotionFeatures:
         res0 = np.where(known[:, None], res, 0.0)
         rmag = np.log1p(np.linalg.norm(res0, axis=1))
         w_static = 1.0 - np.clip(np.asarray(obs.previous, np.float64).reshape(-1), 0.0, 1.0)
-        gap_offsets = []
         now = [np.where(known, rmag, np.nan)]                              # memory inputs
         informed = known.copy()
         prev = np.stack([hist[:, g - 1] for g in GAPS])                   # (G, N, 2)
@@ -294,7 +293,6 @@ class MotionFeatures:
             have = have_all[k]
             ctx = np.array([np.log1p(m_flow[k]), h_share[k], f_share[k]]) if have.any() else np.zeros(3)
             informed |= have
-            gap_offsets.append((have, H_off[k]))
             now.append(np.where(have, mag[k], np.nan))
             # Offsets relative to the frame's typical one: fast camera motion inflates everyone's.
             cols += [have.astype(np.float64), *_signed_log(H_off[k]).T, mag[k],
@@ -308,15 +306,18 @@ class MotionFeatures:
         x = np.stack(cols, axis=1) if n else np.zeros((0, NODE_FEATURES))
 
         # Edge features are symmetric in the two ends (the graph's edges are undirected).
+        # Columns: both ends have a residual, their residual difference, their distance, then
+        # per gap: both ends have the offset, their offset difference (all gaps at once).
         e = np.asarray(obs.edges, np.int64).reshape(-1, 2)
         i, j = e[:, 0], e[:, 1]
         both = (known[i] & known[j]).astype(np.float64)
-        ecols = [both, np.log1p(np.linalg.norm(res0[i] - res0[j], axis=1)) * both,
-                 np.log1p(np.linalg.norm(px[i] - px[j], axis=1))]
-        for have, hres in gap_offsets:
-            b = (have[i] & have[j]).astype(np.float64)
-            ecols += [b, np.log1p(np.linalg.norm(hres[i] - hres[j], axis=1)) * b]
-        ea = np.stack(ecols, axis=1) if e.shape[0] else np.zeros((0, EDGE_FEATURES))
+        ea = np.empty((e.shape[0], EDGE_FEATURES), np.float32)
+        ea[:, 0] = both
+        ea[:, 1] = np.log1p(np.linalg.norm(res0[i] - res0[j], axis=1)) * both
+        ea[:, 2] = np.log1p(np.linalg.norm(px[i] - px[j], axis=1))
+        b = (have_all[:, i] & have_all[:, j]).astype(np.float64)                 # (G, E)
+        ea[:, 3::2] = b.T
+        ea[:, 4::2] = (np.log1p(np.linalg.norm(H_off[:, i] - H_off[:, j], axis=2)) * b).T
 
         # Keep this frame's positions as the next frame's history (lost tracks are dropped:
         # the frontend never revives an id).
@@ -325,7 +326,7 @@ class MotionFeatures:
         self._ids, self._hist, self._age, self._mem = ids[order], new_hist[order], age[order], mem[order]
         if n:
             self._max_id = max(self._max_id, int(ids.max()))
-        return x.astype(np.float32), ea.astype(np.float32), informed
+        return x.astype(np.float32), ea, informed
 
 
 # ----------------------------------------------------------------------------- network
