@@ -164,6 +164,8 @@ def se3_log(T: np.ndarray) -> np.ndarray:
     """4x4 transforms (..., 4, 4) -> twists (..., 6) = (rho, phi); inverse of se3_exp."""
     T = np.asarray(T, dtype=np.float64)
     phi = so3_log(T[..., :3, :3])
+    if T.shape == (4, 4):
+        return _se3_log_one(T, phi)
     theta = np.linalg.norm(phi, axis=-1)
     K = skew(phi)
     KK = K @ K
@@ -176,6 +178,22 @@ def se3_log(T: np.ndarray) -> np.ndarray:
     Vinv = np.eye(3) - 0.5 * K + D[..., None, None] * KK
     rho = np.einsum("...ij,...j->...i", Vinv, T[..., :3, 3])
     return np.concatenate([rho, phi], axis=-1)
+
+
+def _se3_log_one(T: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """se3_log of one transform given its rotation vector ``phi``: the same V^-1 with scalar
+    coefficients (the motion model calls it once per frame)."""
+    wx, wy, wz = float(phi[0]), float(phi[1]), float(phi[2])
+    t2 = wx * wx + wy * wy + wz * wz
+    th = math.sqrt(t2)
+    if th < 1e-4:                    # same series as the batched path
+        D = 1.0 / 12.0 + t2 / 720.0
+    else:
+        A, B = math.sin(th) / th, (1.0 - math.cos(th)) / t2
+        D = (1.0 - A / (2.0 * B)) / t2
+    K = np.array([[0.0, -wz, wy], [wz, 0.0, -wx], [-wy, wx, 0.0]])
+    Vinv = np.eye(3) - 0.5 * K + D * (K @ K)
+    return np.concatenate([Vinv @ T[:3, 3], phi])
 
 
 def make_T(R: np.ndarray, t: np.ndarray) -> np.ndarray:
