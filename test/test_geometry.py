@@ -121,3 +121,4 @@ def test_single_pose_paths_equal_the_batched_ones(angle):
                                    rtol=0, atol=1e-14)
         np.testing.assert_allclose(geo.so3_log(R), geo.so3_log(R[None])[0], rtol=0, atol=1e-12)
         np.testing.assert_allclose(geo.se3_log(T1), geo.se3_log(T1[None])[0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(geo.so3_exp(phi), geo.so3_exp(phi[None])[0], rtol=0, atol=1e-14)

@@ -43,10 +43,29 @@ def _sinc_coeffs(theta: np.ndarray):
 def so3_exp(phi: np.ndarray) -> np.ndarray:
     """Rotation vectors (..., 3) -> rotation matrices (..., 3, 3) (Rodrigues)."""
     phi = np.asarray(phi, dtype=np.float64)
+    if phi.shape == (3,):
+        A, B, _, K = _exp_coeffs_one(phi)
+        return np.eye(3) + A * K + B * (K @ K)
     theta = np.linalg.norm(phi, axis=-1)
     A, B, _ = _sinc_coeffs(theta)
     K = skew(phi)
     return np.eye(3) + A[..., None, None] * K + B[..., None, None] * (K @ K)
+
+
+def _exp_coeffs_one(phi: np.ndarray):
+    """A, B, C of :func:`_sinc_coeffs` and skew(phi) for one rotation vector, in scalar
+    arithmetic: the solvers exponentiate single small vectors thousands of times (two-view
+    refinement) and the array path's ~30 operations on one element cost ~10x more."""
+    wx, wy, wz = float(phi[0]), float(phi[1]), float(phi[2])
+    t2 = wx * wx + wy * wy + wz * wz
+    th = math.sqrt(t2)
+    if th < 1e-4:                    # same series as _sinc_coeffs
+        A, B, C = 1.0 - t2 / 6.0, 0.5 - t2 / 24.0, 1.0 / 6.0 - t2 / 120.0
+    else:
+        sn = math.sin(th)
+        A, B, C = sn / th, (1.0 - math.cos(th)) / t2, (th - sn) / (t2 * th)
+    K = np.array([[0.0, -wz, wy], [wz, 0.0, -wx], [-wy, wx, 0.0]])
+    return A, B, C, K
 
 
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
@@ -142,17 +161,8 @@ def se3_exp(xi: np.ndarray) -> np.ndarray:
 
 
 def _se3_exp_one(xi: np.ndarray) -> np.ndarray:
-    """se3_exp of one twist with scalar coefficients: the solvers call it once per iteration, and
-    the vectorised path's ~30 array operations on one element cost ~10x more."""
-    wx, wy, wz = float(xi[3]), float(xi[4]), float(xi[5])
-    t2 = wx * wx + wy * wy + wz * wz
-    th = math.sqrt(t2)
-    if th < 1e-4:                    # same series as _sinc_coeffs
-        A, B, C = 1.0 - t2 / 6.0, 0.5 - t2 / 24.0, 1.0 / 6.0 - t2 / 120.0
-    else:
-        sn = math.sin(th)
-        A, B, C = sn / th, (1.0 - math.cos(th)) / t2, (th - sn) / (t2 * th)
-    K = np.array([[0.0, -wz, wy], [wz, 0.0, -wx], [-wy, wx, 0.0]])
+    """se3_exp of one twist with scalar coefficients (see :func:`_exp_coeffs_one`)."""
+    A, B, C, K = _exp_coeffs_one(xi[3:])
     KK = K @ K
     T = np.eye(4)
     T[:3, :3] += A * K + B * KK
