@@ -41,7 +41,6 @@ from sirenpose_ros.core.params import ParamSpec
 PARAMS = [
     ParamSpec("gnn_weights", "", "Motion GNN weight file (safetensors); '' = the shipped models/motion_gnn.safetensors."),
     ParamSpec("gnn_device", "cpu", "Torch device of the motion GNN ('cpu', 'cuda', 'cuda:1', ...)."),
-    ParamSpec("gnn_threads", 1, "Torch CPU threads while the GNN runs (restored after each call); 0 = torch's setting. One thread: the graphs are small and on a busy 2-core CPU more threads mostly wait on each other (measured median 150 ms vs 20 ms per frame).", 0, 256),
 ]
 
 WEIGHTS_NAME = "motion_gnn.safetensors"
@@ -510,7 +509,6 @@ class GNNScorer:
         get = (lambda name: cfg.get(name, _param_default(name))) if cfg is not None else _param_default
         weights = get("gnn_weights") if weights is None else weights
         self.device = torch.device(get("gnn_device") if device is None else device)
-        self.threads = int(get("gnn_threads")) if self.device.type == "cpu" else 0
         self.model = load_model(weights, self.device)
         self.net = NumpyMotionGNN(self.model) if self.device.type == "cpu" else None
         self.features = MotionFeatures()
