@@ -1,4 +1,5 @@
 """Back-projection, colour packing, keypoint densification and the bounded static voxel map."""
+import cv2
 import numpy as np
 import pytest
 
@@ -206,3 +207,36 @@ def test_params_validation():
     with pytest.raises(ParamError):
         validate(cl.PARAMS, {"cloud_dynamic_threshold": 1.5})
     assert all(s.name.startswith("cloud_") and len(s.description) > 20 for s in cl.PARAMS)
+
+
+def test_backproject_equals_the_plain_formula():
+    """The fast paths (no gathers when every pixel is kept, OpenCV transform and colour packing)
+    give what the textbook formula gives: X = R (d K^-1 [u v 1]) + t, rgb packed by pack_rgb,
+    NaN dynamic/velocity -> 0, with and without dropped pixels."""
+    rng = np.random.default_rng(4)
+    h, w = 30, 40
+    K = np.array([[35.0, 0.0, 19.5], [0.0, 34.0, 14.5], [0.0, 0.0, 1.0]])
+    T = np.eye(4)
+    T[:3, :3] = cv2.Rodrigues(np.array([0.3, -0.2, 0.5]))[0]
+    T[:3, 3] = [1.0, -2.0, 0.5]
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    dyn = rng.random((h, w)).astype(np.float32)
+    dyn[0, :5] = np.nan
+    vel = rng.normal(size=(h, w, 3)).astype(np.float32)
+    vel[1, :3] = np.nan
+    for drop in (False, True):
+        depth = rng.uniform(0.5, 10.0, (h, w)).astype(np.float32)
+        if drop:
+            depth[rng.random((h, w)) < 0.3] = np.nan
+            depth[2, 2], depth[3, 3] = -1.0, 50.0
+        c = cl.backproject(depth, K, T, rgb, dyn, vel, max_depth=20.0)
+        keep = np.isfinite(depth) & (depth > 0) & (depth <= 20.0)
+        v, u = np.nonzero(keep)
+        d = depth[v, u].astype(np.float64)
+        Xc = np.stack([(u - K[0, 2]) / K[0, 0] * d, (v - K[1, 2]) / K[1, 1] * d, d], 1)
+        np.testing.assert_allclose(c.xyz, Xc @ T[:3, :3].T + T[:3, 3], rtol=0, atol=2e-5)
+        assert c.xyz.dtype == np.float32 and c.rgb.dtype == np.uint32
+        np.testing.assert_array_equal(c.rgb, cl.pack_rgb(rgb[v, u]))
+        np.testing.assert_array_equal(c.dynamic, np.nan_to_num(dyn[v, u]))
+        np.testing.assert_array_equal(c.velocity, np.nan_to_num(vel[v, u]))
+        assert len(c) == keep.sum() and (len(c) < h * w) == drop

@@ -102,3 +102,23 @@ def test_epipolar_offset_zero_for_static_points_and_measures_motion():
     n = line[:, :2] / np.linalg.norm(line[:, :2], axis=1, keepdims=True)
     moved = geo.epipolar_offset(E, x1, x2 + 0.01 * n)
     assert np.allclose(np.linalg.norm(moved - off, axis=1), 0.01, atol=1e-9)
+
+
+@pytest.mark.parametrize("angle", [0.0, 1e-9, 5e-5, 1.5e-4, 0.3, 2.0, np.pi - 1e-7, np.pi])
+def test_single_pose_paths_equal_the_batched_ones(angle):
+    """se3_exp of one twist and rotation_to_quaternion / so3_log / se3_log of one matrix take
+    scalar fast paths; they give the batched results to round-off, on both sides of the series
+    switch and near pi (where the quaternion case changes)."""
+    rng = np.random.default_rng(int(angle * 1000) + 3)
+    for _ in range(20):
+        phi = rng.normal(size=3)
+        phi *= angle / np.linalg.norm(phi)
+        xi = np.r_[rng.normal(size=3), phi]
+        T1, Tb = geo.se3_exp(xi), geo.se3_exp(xi[None])[0]
+        np.testing.assert_allclose(T1, Tb, rtol=0, atol=1e-14)
+        R = T1[:3, :3]
+        np.testing.assert_allclose(geo.rotation_to_quaternion(R), geo.rotation_to_quaternion(R[None])[0],
+                                   rtol=0, atol=1e-14)
+        np.testing.assert_allclose(geo.so3_log(R), geo.so3_log(R[None])[0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(geo.se3_log(T1), geo.se3_log(T1[None])[0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(geo.so3_exp(phi), geo.so3_exp(phi[None])[0], rtol=0, atol=1e-14)

@@ -197,3 +197,57 @@ def test_motion_models_fit_the_static_majority():
     _, epi_w, _, _, _ = _motion_models(p0, now, have, w)
     assert np.median(epi_w[1, ~moving]) <= np.median(epi[1, ~moving]) + 1e-9
     assert np.median(epi_w[1, ~moving]) < 0.15
+
+
+def _moving_sequence(n=120, frames=14, seed=5):
+    """Observations of a camera panning over static points while a third of them move on their
+    own, with tracks lost and born: what MotionFeatures sees in the pipeline."""
+    rng = np.random.default_rng(seed)
+    px = rng.uniform([0, 0], [320, 240], (n, 2))
+    ids = np.arange(n, dtype=np.int64)
+    moving = rng.random(n) < 0.33
+    step = rng.normal(0, 2.0, (n, 2)) * moving[:, None]
+    next_id = n
+    for f in range(frames):
+        px = px + [1.5, -0.5] + step + rng.normal(0, 0.1, px.shape)
+        if f % 4 == 3:                      # a few tracks die, new ones are born
+            lost = rng.random(n) < 0.1
+            ids[lost] = np.arange(next_id, next_id + lost.sum())
+            next_id += int(lost.sum())
+        res = np.where(moving[:, None], step, rng.normal(0, 0.3, (n, 2)))
+        res[rng.random(n) < 0.15] = np.nan
+        yield GraphObservation(ids.copy(), px.copy(), res, delaunay_edges(px, 80.0),
+                               np.where(moving, 0.6, 0.1))
+
+
+def test_numpy_network_equals_torch(one_torch_thread):
+    """The CPU forward pass (NumPy, factored first layers, sparse per-node sums) is the torch
+    module's function: logits agree to float32 round-off on features of a real sequence, for the
+    shipped weights and a random model, isolated nodes and edge-less graphs included."""
+    from sirenpose_ros.core.motion_gnn import MotionFeatures, NumpyMotionGNN
+    torch.manual_seed(0)
+    models = [load_model(), MotionGNN(hidden=16, layers=3).eval()]
+    feats = MotionFeatures()
+    checked = 0
+    for obs in _moving_sequence():
+        x, ea, _ = feats(obs)
+        e = obs.edges[obs.edges[:, 0] != 3]           # node 3 has no edge: gets no messages
+        ea = ea[obs.edges[:, 0] != 3]
+        for model in models:
+            with torch.no_grad():
+                node_t, edge_t = model(torch.from_numpy(x), torch.from_numpy(e), torch.from_numpy(ea))
+            node_n, edge_n = NumpyMotionGNN(model)(x, e, ea)
+            assert node_n.dtype == np.float32 and node_n.shape == (x.shape[0],)
+            scale = 1.0 + np.abs(node_t.numpy()).max()
+            np.testing.assert_allclose(node_n, node_t.numpy(), atol=2e-5 * scale, rtol=0)
+            np.testing.assert_allclose(edge_n, edge_t.numpy(), atol=2e-5 * (1.0 + np.abs(edge_t.numpy()).max()), rtol=0)
+            checked += 1
+    assert checked == 28
+    # No edges at all: every node is isolated.
+    x = np.random.default_rng(0).normal(size=(7, NODE_FEATURES)).astype(np.float32)
+    no_e, no_ea = np.zeros((0, 2), np.int64), np.zeros((0, EDGE_FEATURES), np.float32)
+    with torch.no_grad():
+        node_t, _ = models[0](torch.from_numpy(x), torch.from_numpy(no_e), torch.from_numpy(no_ea))
+    node_n, edge_n = NumpyMotionGNN(models[0])(x, no_e, no_ea)
+    np.testing.assert_allclose(node_n, node_t.numpy(), atol=1e-5)
+    assert edge_n.shape == (0,)

@@ -156,10 +156,10 @@ class DenseStage:
         K_small = cloud_mod.scale_intrinsics(cam.K, (H, W), (h, w))
         if dense_kp is None:
             dyn, dense_kp = self._keypoint_values(job, h, w)
-        velocity = np.nan_to_num(dense_kp[..., 1:]).astype(np.float32)
         out.dynamic_map = dyn
+        # backproject() turns the NaN velocity of pixels far from every keypoint into 0.
         out.cloud = cloud_mod.backproject(dense_depth, K_small, job.T_world_cam, job.rgb_small, dyn,
-                                          velocity, max_depth=cfg.cloud_max_depth)
+                                          dense_kp[..., 1:], max_depth=cfg.cloud_max_depth)
         if job.is_keyframe:
             self.voxels.insert(out.cloud)          # fuses only points below cloud_dynamic_threshold
             out.map_cloud = self.voxels.cloud()

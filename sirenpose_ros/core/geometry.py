@@ -9,6 +9,8 @@ Conventions:
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 _SMALL = 1e-8
@@ -41,10 +43,29 @@ def _sinc_coeffs(theta: np.ndarray):
 def so3_exp(phi: np.ndarray) -> np.ndarray:
     """Rotation vectors (..., 3) -> rotation matrices (..., 3, 3) (Rodrigues)."""
     phi = np.asarray(phi, dtype=np.float64)
+    if phi.shape == (3,):
+        A, B, _, K = _exp_coeffs_one(phi)
+        return np.eye(3) + A * K + B * (K @ K)
     theta = np.linalg.norm(phi, axis=-1)
     A, B, _ = _sinc_coeffs(theta)
     K = skew(phi)
     return np.eye(3) + A[..., None, None] * K + B[..., None, None] * (K @ K)
+
+
+def _exp_coeffs_one(phi: np.ndarray):
+    """A, B, C of :func:`_sinc_coeffs` and skew(phi) for one rotation vector, in scalar
+    arithmetic: the solvers exponentiate single small vectors thousands of times (two-view
+    refinement) and the array path's ~30 operations on one element cost ~10x more."""
+    wx, wy, wz = float(phi[0]), float(phi[1]), float(phi[2])
+    t2 = wx * wx + wy * wy + wz * wz
+    th = math.sqrt(t2)
+    if th < 1e-4:                    # same series as _sinc_coeffs
+        A, B, C = 1.0 - t2 / 6.0, 0.5 - t2 / 24.0, 1.0 / 6.0 - t2 / 120.0
+    else:
+        sn = math.sin(th)
+        A, B, C = sn / th, (1.0 - math.cos(th)) / t2, (th - sn) / (t2 * th)
+    K = np.array([[0.0, -wz, wy], [wz, 0.0, -wx], [-wy, wx, 0.0]])
+    return A, B, C, K
 
 
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
@@ -54,6 +75,8 @@ def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
     is accurate for every rotation, including those near pi where the trace method fails.
     """
     R = np.asarray(R, dtype=np.float64)
+    if R.shape == (3, 3):
+        return _quaternion_one(R)
     m00, m11, m22 = R[..., 0, 0], R[..., 1, 1], R[..., 2, 2]
     tr = m00 + m11 + m22
     cand = np.stack([tr, m00, m11, m22], axis=-1)
@@ -78,6 +101,30 @@ def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
     return np.where(q[..., :1] < 0, -q, q)
 
 
+def _quaternion_one(R: np.ndarray) -> np.ndarray:
+    """rotation_to_quaternion of one matrix with scalar arithmetic (same cases and formulas; the
+    pose path converts a few single rotations per frame, where array overhead dominates)."""
+    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = R.tolist()
+    tr = m00 + m11 + m22
+    cand = (tr, m00, m11, m22)
+    k = cand.index(max(cand))          # first maximum, as np.argmax
+    if k == 0:
+        s = math.sqrt(max(1.0 + tr, _SMALL)) * 2.0
+        q = (0.25 * s, (m21 - m12) / s, (m02 - m20) / s, (m10 - m01) / s)
+    elif k == 1:
+        s = math.sqrt(max(1.0 + m00 - m11 - m22, _SMALL)) * 2.0
+        q = ((m21 - m12) / s, 0.25 * s, (m01 + m10) / s, (m02 + m20) / s)
+    elif k == 2:
+        s = math.sqrt(max(1.0 - m00 + m11 - m22, _SMALL)) * 2.0
+        q = ((m02 - m20) / s, (m01 + m10) / s, 0.25 * s, (m12 + m21) / s)
+    else:
+        s = math.sqrt(max(1.0 - m00 - m11 + m22, _SMALL)) * 2.0
+        q = ((m10 - m01) / s, (m02 + m20) / s, (m12 + m21) / s, 0.25 * s)
+    q = np.array(q)
+    q /= np.linalg.norm(q)
+    return -q if q[0] < 0 else q
+
+
 def so3_log(R: np.ndarray) -> np.ndarray:
     """Rotation matrices (..., 3, 3) -> rotation vectors (..., 3), angle in [0, pi].
 
@@ -97,6 +144,8 @@ def so3_log(R: np.ndarray) -> np.ndarray:
 def se3_exp(xi: np.ndarray) -> np.ndarray:
     """Twists (..., 6) = (rho, phi) -> 4x4 transforms (..., 4, 4)."""
     xi = np.asarray(xi, dtype=np.float64)
+    if xi.shape == (6,):
+        return _se3_exp_one(xi)
     rho, phi = xi[..., :3], xi[..., 3:]
     theta = np.linalg.norm(phi, axis=-1)
     A, B, C = _sinc_coeffs(theta)
@@ -111,10 +160,22 @@ def se3_exp(xi: np.ndarray) -> np.ndarray:
     return T
 
 
+def _se3_exp_one(xi: np.ndarray) -> np.ndarray:
+    """se3_exp of one twist with scalar coefficients (see :func:`_exp_coeffs_one`)."""
+    A, B, C, K = _exp_coeffs_one(xi[3:])
+    KK = K @ K
+    T = np.eye(4)
+    T[:3, :3] += A * K + B * KK
+    T[:3, 3] = (np.eye(3) + B * K + C * KK) @ xi[:3]
+    return T
+
+
 def se3_log(T: np.ndarray) -> np.ndarray:
     """4x4 transforms (..., 4, 4) -> twists (..., 6) = (rho, phi); inverse of se3_exp."""
     T = np.asarray(T, dtype=np.float64)
     phi = so3_log(T[..., :3, :3])
+    if T.shape == (4, 4):
+        return _se3_log_one(T, phi)
     theta = np.linalg.norm(phi, axis=-1)
     K = skew(phi)
     KK = K @ K
@@ -127,6 +188,22 @@ def se3_log(T: np.ndarray) -> np.ndarray:
     Vinv = np.eye(3) - 0.5 * K + D[..., None, None] * KK
     rho = np.einsum("...ij,...j->...i", Vinv, T[..., :3, 3])
     return np.concatenate([rho, phi], axis=-1)
+
+
+def _se3_log_one(T: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """se3_log of one transform given its rotation vector ``phi``: the same V^-1 with scalar
+    coefficients (the motion model calls it once per frame)."""
+    wx, wy, wz = float(phi[0]), float(phi[1]), float(phi[2])
+    t2 = wx * wx + wy * wy + wz * wz
+    th = math.sqrt(t2)
+    if th < 1e-4:                    # same series as the batched path
+        D = 1.0 / 12.0 + t2 / 720.0
+    else:
+        A, B = math.sin(th) / th, (1.0 - math.cos(th)) / t2
+        D = (1.0 - A / (2.0 * B)) / t2
+    K = np.array([[0.0, -wz, wy], [wz, 0.0, -wx], [-wy, wx, 0.0]])
+    Vinv = np.eye(3) - 0.5 * K + D * (K @ K)
+    return np.concatenate([Vinv @ T[:3, 3], phi])
 
 
 def make_T(R: np.ndarray, t: np.ndarray) -> np.ndarray:
