@@ -58,15 +58,19 @@ elif [ "$stage" = rt60 ] || [ "$stage" = rt60b ]; then
     bench --size 640x480 --label xfeat-60fps-caps-cam60-overlap $x $caps --camera-rate 60 \
           --param pipeline_overlap_frontend:=true --json "$OUT/rt_x_caps_cam60_overlap.json"
   else
-    bench --size 640x480 --label xfeat-60fps-nocaps-cam60 $x --camera-rate 60 --json "$OUT/rt_x_nocaps_cam60.json"
-    bench --size 640x480 --label xfeat-60fps-caps-cam60-threads $x $caps --camera-rate 60 \
+    # The motion GNN in NumPy on the CPU (gnn_device cpu) and the overlapped frontend.
+    g="$caps --param gnn_device:=cpu --param pipeline_overlap_frontend:=true"
+    bench --size 640x480,1280x720 --label xfeat-60fps-gnncpu-overlap $x $g --json "$OUT/rt_x_g.json"
+    bench --size 640x480,1280x720 --label xfeat-60fps-gnncpu-overlap-cam60 $x $g --camera-rate 60 \
+          --json "$OUT/rt_x_g_cam60.json"
+    bench --size 640x480 --label xfeat-60fps-gnncpu-overlap-cam60-threads $x $g --camera-rate 60 \
           --param pipeline_frontend_process:=off --param pipeline_dense_process:=off \
-          --json "$OUT/rt_x_caps_cam60_threads.json"
-    bench --size 640x480 --label xfeat-60fps-caps-cam60-gnncpu $x $caps --camera-rate 60 \
-          --param gnn_device:=cpu --json "$OUT/rt_x_caps_cam60_gnncpu.json"
-    bench --size 640x480 --label klt-60fps-caps-cam60 --staged --fps 60 --param field_device:=cuda \
-          --param gnn_device:=cuda $caps --camera-rate 60 --json "$OUT/rt_k_caps_cam60.json"
-    bench --size 640x480 --fps 60 --label hostcpu-xfeat-60fps-caps-sequential --param pipeline_frontend:=xfeat \
+          --json "$OUT/rt_x_g_cam60_threads.json"
+    bench --size 640x480 --label xfeat-60fps-gnncpu-overlap-nocaps-cam60 $x --param gnn_device:=cpu \
+          --param pipeline_overlap_frontend:=true --camera-rate 60 --json "$OUT/rt_x_g_nocaps_cam60.json"
+    bench --size 640x480 --label klt-60fps-gnncpu-cam60 --staged --fps 60 --param field_device:=cuda \
+          $caps --param gnn_device:=cpu --camera-rate 60 --json "$OUT/rt_k_g_cam60.json"
+    bench --size 640x480 --fps 60 --label hostcpu-xfeat-60fps-sequential --param pipeline_frontend:=xfeat \
           --param xfeat_device:=cpu --param field_device:=cpu --param gnn_device:=cpu $caps --frames 120 --warmup 10 \
           --json "$OUT/rt_cpu_ref.json"
   fi
