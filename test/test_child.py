@@ -49,11 +49,13 @@ def test_pipeline_runs_the_frontend_in_a_process_only_when_asked_and_staged():
     try:
         assert isinstance(pipe.frontend, FrontendProcess)
         assert f"in child process {pipe.frontend.pid}" in pipe.runtime
+        assert pipe.overlaps_frontend            # 'auto': the frontend costs the pose no GIL
     finally:
         pipe.close()
     # 'auto' keeps KLT here (no process: OpenCV releases the GIL), as does the sequential mode.
     auto = make_config({"field_enabled": False, "pipeline_map_process": False})
-    assert isinstance(Pipeline(auto, async_mapping=True).frontend, KLTFrontend)
+    here = Pipeline(auto, async_mapping=True)
+    assert isinstance(here.frontend, KLTFrontend) and not here.overlaps_frontend
     assert isinstance(Pipeline(on).frontend, KLTFrontend)
 
 

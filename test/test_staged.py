@@ -64,14 +64,16 @@ def sequential(fast_seq):
     return [pipe.process(f) for f in _frames(fast_seq)]
 
 
-@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("overlap", ["true", "false"])
 def test_staged_poses_match_the_sequential_pipeline(fast_seq, sequential, overlap):
     """Same frames through the overlapped stages: one pose callback per frame, in order, clouds
     for some of them, and the trajectory as accurate as frame-after-frame processing."""
     frames = _frames(fast_seq)
     ate_seq, n_seq = _ate(sequential, fast_seq)
     cfg = make_config({**FAST, "pipeline_overlap_frontend": overlap})
-    poses, dense, errors, runner = _run_staged(Pipeline(cfg, async_mapping=True), frames)
+    pipe = Pipeline(cfg, async_mapping=True)
+    assert pipe.overlaps_frontend == (overlap == "true")
+    poses, dense, errors, runner = _run_staged(pipe, frames)
     assert not errors
     assert [r.stamp_ns for r in poses] == [f.stamp_ns for f in frames]
     assert len(dense) >= 5 and all(r.cloud is not None for r in dense if r.depth is not None)

@@ -80,7 +80,7 @@ class StagedRunner:
 
     # ------------------------------------------------------------------ caller side
     def _ready(self) -> bool:
-        overlap = bool(self.pipeline.cfg.pipeline_overlap_frontend)
+        overlap = self.pipeline.overlaps_frontend
         return self._stop or (self._pose_in is None and (overlap or not self._pose_busy))
 
     def wait_ready(self, timeout: float | None = None) -> bool:
