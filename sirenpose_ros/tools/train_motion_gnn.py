@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from sirenpose_ros.core.config import make_config
 from sirenpose_ros.core.graph import GeometricScorer, GraphObservation
 from sirenpose_ros.core.motion_gnn import (EDGE_FEATURES, NODE_FEATURES, GNNScorer, MotionFeatures,
-                                           MotionGNN, save_weights)
+                                           MotionGNN, default_weights_path, save_weights)
 from sirenpose_ros.core.pipeline import Pipeline
 from sirenpose_ros.synth.presets import PRESETS
 
@@ -143,14 +143,31 @@ def rendered(preset, seed, n_frames, width, height, cache: Path):
     return _load_or_make(cache / f"{key}.npz", make)
 
 
-def record(preset, seed, n_frames, width, height, cache: Path, frontend: str = "klt"):
-    """Run the pipeline (GeometricScorer) over a rendered sequence once and keep every frame's
-    GraphObservation with labels; cached by the tracking path's source, so a change to the
-    frontend, window or graph redoes it. The rendered frames are merged into the result."""
+def weights_fingerprint(path) -> str:
+    """Short hash of a weight file's tensors (not its metadata, whose order safetensors does not fix)."""
+    from safetensors.torch import load_file
+    h = hashlib.sha1()
+    for k, v in sorted(load_file(str(path)).items()):
+        h.update(k.encode()); h.update(v.numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
+def record(preset, seed, n_frames, width, height, cache: Path, frontend: str = "klt",
+           loop_weights: str | None = None):
+    """Run the pipeline over a rendered sequence once and keep every frame's GraphObservation with
+    labels; cached by the tracking path's source, so a change to the frontend, window or graph
+    redoes it. The rendered frames are merged into the result.
+
+    The GeometricScorer drives the pipeline, or with ``loop_weights`` a motion GNN: at run time
+    the GNN's own beliefs decide which tracks keep a residual (a track judged dynamic has none
+    until it looks static again), feed the pose and seed the pose-free fits, so the
+    observations it sees differ from those of a geometric run; these recordings show the network
+    the states its own mistakes lead to."""
     seq = rendered(preset, seed, n_frames, width, height, cache)
 
     def make():
-        obs, results, pipe = run_pipeline(seq["gray"], seq["stamps"], _camera_from(seq), frontend=frontend)
+        scorer = GNNScorer(pipeline_config(frontend), weights=loop_weights) if loop_weights else None
+        obs, results, pipe = run_pipeline(seq["gray"], seq["stamps"], _camera_from(seq), scorer, frontend=frontend)
         work = working_size(width, height, pipe.cfg)
         d = {k: [] for k in ("ids", "px", "res", "prev", "obj", "amb", "geo_p", "edges")}
         n_nodes, n_edges, tracking = [], [], []
@@ -165,7 +182,8 @@ def record(preset, seed, n_frames, width, height, cache: Path, frontend: str = "
         out.update(n_nodes=np.array(n_nodes), n_edges=np.array(n_edges), tracking=np.array(tracking),
                    work_size=np.array(work))
         return out
-    key = (f"rec_{preset}_s{seed}_{width}x{height}_{n_frames}f_{frontend}_v{DATA_VERSION}_"
+    loop = f"_gnn{weights_fingerprint(loop_weights)}" if loop_weights else ""
+    key = (f"rec_{preset}_s{seed}_{width}x{height}_{n_frames}f_{frontend}{loop}_v{DATA_VERSION}_"
            f"{TRACKING_SOURCE}")
     return dict(_load_or_make(cache / f"{key}.npz", make), **seq, frontend=frontend)
 
@@ -315,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--xfeat-train-seeds", nargs="*", type=int, default=[2],
                     help="seeds also recorded with the XFeat frontend for training (XFeat is slow on a CPU: "
                          "the default takes the 320x240 ones); none = KLT tracks only")
+    ap.add_argument("--loop-seeds", nargs="*", type=int, default=[],
+                    help="KLT seeds recorded once more with the motion GNN of --loop-weights driving "
+                         "the pipeline instead of the GeometricScorer (its own closed loop)")
+    ap.add_argument("--loop-weights", default="",
+                    help="weights of the in-the-loop GNN for --loop-seeds ('' = the shipped file)")
     ap.add_argument("--xfeat-test-seeds", nargs="*", type=int, default=[],
                     help="held-out seeds also evaluated with the XFeat frontend")
     ap.add_argument("--frames", type=int, default=60, help="frames per sequence (30 fps)")
@@ -328,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     args = ap.parse_args(argv)
-    if (set(args.train_seeds) | set(args.xfeat_train_seeds)) & (set(args.test_seeds) | set(args.xfeat_test_seeds)):
+    if (set(args.train_seeds) | set(args.xfeat_train_seeds) | set(args.loop_seeds)) & (set(args.test_seeds) | set(args.xfeat_test_seeds)):
         ap.error("train and test seeds must differ")
     sizes = [parse_size(s) for s in args.sizes]
     cache = Path(args.cache)
@@ -342,14 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     graphs, data_stats = [], {}
-    train_runs = [("klt", s) for s in args.train_seeds] + [("xfeat", s) for s in args.xfeat_train_seeds]
+    loop_weights = args.loop_weights or str(default_weights_path())
+    train_runs = ([("klt", s, None) for s in args.train_seeds] + [("xfeat", s, None) for s in args.xfeat_train_seeds]
+                  + [("klt", s, loop_weights) for s in args.loop_seeds])
     for preset in args.presets:
-        for frontend, s in train_runs:
+        for frontend, s, lw in train_runs:
             w, h = size_for(s, sizes)
-            rec = record(preset, s, args.frames, w, h, cache, frontend)
+            rec = record(preset, s, args.frames, w, h, cache, frontend, lw)
             g = build_graphs(rec)
             graphs += g
-            data_stats[f"{preset}/{s}/{frontend}"] = dict(size=f"{w}x{h}", frames=len(g),
+            data_stats[f"{preset}/{s}/{frontend}{'/gnn-loop' if lw else ''}"] = dict(size=f"{w}x{h}", frames=len(g),
                                                nodes=int(sum(x["x"].shape[0] for x in g)),
                                                dynamic_share=round(float(np.mean(np.concatenate([x["y"] for x in g]))), 4))
     t_data = time.perf_counter() - t0
@@ -363,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     save_weights(model, out, {"train_seed": args.seed, "presets": ",".join(args.presets),
                               "train_seeds": ",".join(map(str, args.train_seeds)),
+                              "xfeat_train_seeds": ",".join(map(str, args.xfeat_train_seeds)),
+                              "loop_seeds": ",".join(map(str, args.loop_seeds)),
                               "frames": args.frames, "sizes": ",".join(args.sizes), "epochs": args.epochs,
                               "tracking_source": TRACKING_SOURCE})
     print(f"trained {n_params} parameters in {t_train:.0f} s -> {out} ({out.stat().st_size} bytes)", flush=True)
