@@ -8,7 +8,7 @@
 #   stage=staged-xfeat: the learned frontend through the overlapped stages, and the frontend
 #                 micro-benchmark (scripts/gpu_frontend_bench.py)
 #   stage=staged-proc: the learned frontend in a child process vs on the caller's thread
-#   stage=rt60, rt60b: the real-time target (60 Hz camera, learned frontend, dense clouds)
+#   stage=rt60: the real-time target (60 Hz camera, learned frontend, dense clouds); rt60b: ablations
 set -uo pipefail
 stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b [commit]}"
 commit="${2:-unknown}"
@@ -47,32 +47,30 @@ elif [ "$stage" = staged-xfeat ]; then
         --json "$OUT/gpu_xfeat_lg_staged_60hz.json"
 elif [ "$stage" = rt60 ] || [ "$stage" = rt60b ]; then
   # The real-time target: a 60 Hz camera (sequence rendered at 60 fps), learned frontend, dense
-  # clouds; the frontend and the dense stage in their own processes (the 'auto' default on CUDA),
-  # motion GNN and dense stage capped at 30 Hz (config/live.yaml's advice for 60 Hz cameras).
-  x="--staged --fps 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --param gnn_device:=cuda"
+  # clouds, with the defaults on CUDA (frontend and dense stage in their own processes, frontend
+  # overlapped with the pose, motion GNN in NumPy) and the rates config/live.yaml suggests for a
+  # 60 Hz camera (motion GNN and dense stage at 30 Hz).
+  x="--staged --fps 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda"
   caps="--param graph_scorer_max_hz:=30 --param pipeline_dense_max_hz:=30"
   if [ "$stage" = rt60 ]; then
-    bench --size 640x480,1280x720 --label xfeat-60fps-caps $x $caps --json "$OUT/rt_x_caps.json"
-    bench --size 640x480,1280x720 --label xfeat-60fps-caps-cam60 $x $caps --camera-rate 60 \
-          --json "$OUT/rt_x_caps_cam60.json"
-    bench --size 640x480 --label xfeat-60fps-caps-cam60-overlap $x $caps --camera-rate 60 \
-          --param pipeline_overlap_frontend:=true --json "$OUT/rt_x_caps_cam60_overlap.json"
-  else
-    # The motion GNN in NumPy on the CPU (gnn_device cpu) and the overlapped frontend.
-    g="$caps --param gnn_device:=cpu --param pipeline_overlap_frontend:=true"
-    bench --size 640x480,1280x720 --label xfeat-60fps-gnncpu-overlap $x $g --json "$OUT/rt_x_g.json"
-    bench --size 640x480,1280x720 --label xfeat-60fps-gnncpu-overlap-cam60 $x $g --camera-rate 60 \
-          --json "$OUT/rt_x_g_cam60.json"
-    bench --size 640x480 --label xfeat-60fps-gnncpu-overlap-cam60-threads $x $g --camera-rate 60 \
-          --param pipeline_frontend_process:=off --param pipeline_dense_process:=off \
-          --json "$OUT/rt_x_g_cam60_threads.json"
-    bench --size 640x480 --label xfeat-60fps-gnncpu-overlap-nocaps-cam60 $x --param gnn_device:=cpu \
-          --param pipeline_overlap_frontend:=true --camera-rate 60 --json "$OUT/rt_x_g_nocaps_cam60.json"
-    bench --size 640x480 --label klt-60fps-gnncpu-cam60 --staged --fps 60 --param field_device:=cuda \
-          $caps --param gnn_device:=cpu --camera-rate 60 --json "$OUT/rt_k_g_cam60.json"
+    bench --size 640x480,1280x720 --label xfeat-60fps $x $caps --json "$OUT/rt_x.json"
+    bench --size 640x480,1280x720 --label xfeat-60fps-cam60 $x $caps --camera-rate 60 --json "$OUT/rt_x_cam60.json"
+    bench --size 640x480 --label klt-60fps-cam60 --staged --fps 60 --param field_device:=cuda $caps \
+          --camera-rate 60 --json "$OUT/rt_k_cam60.json"
     bench --size 640x480 --fps 60 --label hostcpu-xfeat-60fps-sequential --param pipeline_frontend:=xfeat \
-          --param xfeat_device:=cpu --param field_device:=cpu --param gnn_device:=cpu $caps --frames 120 --warmup 10 \
+          --param xfeat_device:=cpu --param field_device:=cpu $caps --frames 120 --warmup 10 \
           --json "$OUT/rt_cpu_ref.json"
+  else
+    # What each part is worth, with a 60 Hz camera: everything on threads, no rate caps, the
+    # GNN on CUDA, the frontend not overlapped.
+    bench --size 640x480 --label xfeat-60fps-cam60-threads $x $caps --camera-rate 60 \
+          --param pipeline_frontend_process:=off --param pipeline_dense_process:=off \
+          --json "$OUT/rt_x_cam60_threads.json"
+    bench --size 640x480 --label xfeat-60fps-cam60-nocaps $x --camera-rate 60 --json "$OUT/rt_x_cam60_nocaps.json"
+    bench --size 640x480 --label xfeat-60fps-cam60-gnncuda $x $caps --camera-rate 60 --param gnn_device:=cuda \
+          --json "$OUT/rt_x_cam60_gnncuda.json"
+    bench --size 640x480 --label xfeat-60fps-cam60-nooverlap $x $caps --camera-rate 60 \
+          --param pipeline_overlap_frontend:=false --json "$OUT/rt_x_cam60_nooverlap.json"
   fi
 elif [ "$stage" = staged-proc ]; then
   # The learned frontend in its own process (pipeline_frontend_process), with and without the
