@@ -133,6 +133,14 @@ def test_compare_poses_detects_disagreement():
     bent[2][11] = 0.5                                  # one pose off the plane
     far = B.compare_poses(ref, {"tracking": {"poses": {"stamps_ns": stamps, "T": bent}, "ate_rmse": 0.01}})
     assert far["ate_between"] > 0.05 and not far["within_tolerance"]
+    # A shorter reference run: the ATEs cover other frames, only the agreement is judged.
+    short = {**ref, "frames": 5}
+    longer = {"frames": 9, "tracking": {"poses": {"stamps_ns": stamps, "T": [list(r) for r in T]},
+                                        "ate_rmse": 0.5}}
+    c = B.compare_poses(short, longer)
+    assert "ate_diff" not in c and c["within_tolerance"]
+    longer["tracking"]["poses"]["T"] = bent
+    assert not B.compare_poses(short, longer)["within_tolerance"]
 
 
 def test_live_table_renders_from_a_record():
