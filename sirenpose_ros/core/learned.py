@@ -591,7 +591,7 @@ class XFeatDetector:
         cell_best = table.gather(1, score[table].topk(per_cell, dim=1).indices).reshape(-1)
         best = score[:h * w].topk(min(top_k, h * w)).indices
         in_cells = torch.zeros(h * w + 1, dtype=torch.bool, device=heat.device)
-        in_cells[cell_best] = True
+        in_cells.index_fill_(0, cell_best, True)     # (index_put with a Python bool synchronises)
         idx = torch.cat([cell_best, best])
         ok = torch.cat([score[cell_best] >= 0, (score[best] >= 0) & ~in_cells[best]])   # no repeats
         idx = torch.where(idx < h * w, idx, 0)          # the sentinel: any real pixel, never valid
