@@ -29,3 +29,14 @@ def session(tmp_path, request):
         s.close()
     if rclpy.ok():
         rclpy.shutdown()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one torch thread (on the busy 2-core test machine extra OpenMP threads only
+    wait on each other). Restored afterwards."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,13 +20,6 @@ HELDOUT = dict(preset="multi_object", seed=7, n_frames=45, width=320, height=240
 F1_BOUND = 0.65               # measured 0.688 with the shipped feature-version-3 weights
 
 
-@pytest.fixture
-def one_torch_thread():
-    # Tiny graphs: on the busy 2-core test machine extra threads only wait on each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _graph(n, rng):

@@ -11,12 +11,6 @@ from sirenpose_ros.tools import train_motion_gnn as T
 SEQ = dict(preset="multi_object", seed=3, n_frames=12, width=160, height=120)
 
 
-@pytest.fixture
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_loop_recording_is_the_gnn_driven_run(tmp_path, one_torch_thread):
