@@ -3,7 +3,6 @@ pipeline itself (its own beliefs decide which tracks keep a residual and seed th
 not what the GeometricScorer's run shows it."""
 import numpy as np
 import pytest
-import torch
 
 from sirenpose_ros.core.motion_gnn import GNNScorer, default_weights_path
 from sirenpose_ros.tools import train_motion_gnn as T
