@@ -121,3 +121,33 @@ def test_pipeline_runs_the_dense_stage_in_a_process_only_when_it_may():
     trains = make_config({**base, "pipeline_dense_process": "on", "joint_field_steps": 2})
     assert isinstance(Pipeline(trains, async_mapping=True).dense, DenseStage)
     assert isinstance(Pipeline(make_config(base), async_mapping=True).dense, DenseStage)
+
+
+def test_a_reset_restarts_child_processes_that_died(grays):
+    import os
+    import signal
+    from sirenpose_ros.core.camera import CameraModel
+    from sirenpose_ros.core.dense import DenseProcess
+    from sirenpose_ros.core.types import Frame
+    cfg = make_config({"pipeline_frontend_process": "on", "pipeline_dense_process": "on",
+                       "field_device": "cpu", "field_hidden": 16})
+    pipe = Pipeline(cfg, async_mapping=True)
+    cam = CameraModel.pinhole(320, 240, 256.0, 256.0, 159.5, 119.5)
+    try:
+        assert isinstance(pipe.dense, DenseProcess) and pipe._map_worker is not None
+        old = (pipe.frontend.pid, pipe.dense.pid, pipe._map_worker._child.pid)
+        pipe.track(Frame(0, grays[0], None, cam))
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        for child in (pipe.frontend._child, pipe.dense._child, pipe._map_worker._child):
+            child._proc.wait(10)
+        with pytest.raises(RuntimeError, match="exited"):
+            pipe.track(Frame(1, grays[1], None, cam))
+        assert not pipe.frontend.alive and not pipe.dense.alive and not pipe._map_worker.alive
+        pipe.reset()                       # what the node does after a pipeline error
+        new = (pipe.frontend.pid, pipe.dense.pid, pipe._map_worker._child.pid)
+        assert all(a != b for a, b in zip(old, new))
+        assert pipe.frontend.alive and pipe.dense.alive and pipe._map_worker.alive
+        assert len(pipe.track(Frame(2, grays[2], None, cam)).keypoint_ids) > 50
+    finally:
+        pipe.close()

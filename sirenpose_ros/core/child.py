@@ -104,6 +104,10 @@ class ChildWorker:
     def pid(self) -> int:
         return self._proc.pid
 
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
     def call(self, *msg):
         """Send one request and wait for its answer (the GIL is released while waiting)."""
         if self._proc.poll() is not None:

@@ -225,6 +225,10 @@ class DenseProcess:
     def frozen_field(self):
         return self._call("frozen")
 
+    @property
+    def alive(self) -> bool:
+        return self._child.alive
+
     def close(self, timeout: float = 5.0) -> None:
         self._child.close(timeout)
 

@@ -47,6 +47,10 @@ class FrontendProcess:
     def reset(self) -> None:
         self._child.call("reset")
 
+    @property
+    def alive(self) -> bool:
+        return self._child.alive
+
     def close(self, timeout: float = 5.0) -> None:
         self._child.close(timeout)
 

@@ -72,6 +72,10 @@ class MapWorker:
         ``frozen_field`` (a :class:`~sirenpose_ros.core.field.FrozenField`, or None)."""
         return self._child.call("joint", snap, frozen_field)
 
+    @property
+    def alive(self) -> bool:
+        return self._child.alive
+
     def close(self, timeout: float = 5.0) -> None:
         self._child.close(timeout)
 

@@ -31,6 +31,7 @@ so in ``FrameResult.message``.
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 import time
 from dataclasses import dataclass, field as dc_field
@@ -50,6 +51,8 @@ from sirenpose_ros.core.params import ParamSpec
 from sirenpose_ros.core.types import Cloud, Frame, FrameResult, TrackingState
 from sirenpose_ros.core.camera import CameraModel
 from sirenpose_ros.core.window import SlidingWindowEstimator
+
+log = logging.getLogger(__name__)
 
 PARAMS = [
     ParamSpec("pipeline_max_image_width", 640, "Images wider than this are downscaled for processing (pixels); keypoints are still reported in input pixels.", 64, 8192),
@@ -250,11 +253,32 @@ class Pipeline:
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Forget everything: map, tracks, field, voxel map and the camera of the stream."""
+        """Forget everything: map, tracks, field, voxel map and the camera of the stream. Child
+        processes that exited (killed, crashed) are started again first, so that the reset a
+        caller does after their failure recovers."""
+        self._restart_dead_children()
         self._reset_estimation()
         self._camera = None
         self._work_camera = None
         self._last_stamp = None
+
+    def _restart_dead_children(self) -> list[str]:
+        restarted = []
+        if self._map_worker is not None and not self._map_worker.alive:
+            self._map_worker.close()
+            self._map_worker = MapWorker(dict(self.cfg))
+            restarted.append("map worker")
+        if getattr(self.frontend, "alive", True) is False:
+            self.frontend.close()
+            self.frontend = self._make_frontend()
+            restarted.append("frontend worker")
+        if self.dense is not None and getattr(self.dense, "alive", True) is False:
+            self.dense.close()
+            self.dense = self._make_dense()
+            restarted.append("dense worker")
+        if restarted:
+            log.warning("restarted the %s process(es), which had exited", ", ".join(restarted))
+        return restarted
 
     def _reset_estimation(self) -> None:
         self.frontend.reset()
