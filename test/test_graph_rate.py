@@ -53,9 +53,18 @@ def test_scorer_runs_at_the_capped_rate_and_frames_between_carry_beliefs_and_edg
     assert p[:15].min() > p[30:].max()         # the moving tracks were still found
 
 
+def test_a_30_hz_camera_is_scored_on_every_frame_by_default():
+    rng = np.random.default_rng(2)
+    cfg = make_config({"graph_scorer": "geometric"})
+    graph = KeypointGraph(cfg, CountingScorer(cfg))
+    for k, (ids, px, res) in enumerate(_frames(6, rng)):
+        graph.dynamic_probability(ids, px, res, stamp_ns=k * int(1e9 / 30))
+    assert graph.scorer.calls == 6
+
+
 def test_without_a_cap_every_frame_is_scored():
     rng = np.random.default_rng(1)
-    cfg = make_config({"graph_scorer": "geometric"})
+    cfg = make_config({"graph_scorer": "geometric", "graph_scorer_max_hz": 0.0})
     graph = KeypointGraph(cfg, CountingScorer(cfg))
     for k, (ids, px, res) in enumerate(_frames(5, rng)):
         graph.dynamic_probability(ids, px, res, stamp_ns=k * int(1e9 / 60))
