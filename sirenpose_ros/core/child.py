@@ -36,6 +36,23 @@ class ChildError(RuntimeError):
         self.child_type = child_type
 
 
+class ChildStage:
+    """Base of the stage wrappers that own one :class:`ChildWorker` (``self._child``)."""
+
+    _child: "ChildWorker"
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._child.alive
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._child.close(timeout)
+
+
 def error_type(exc: BaseException) -> str:
     """The class name of ``exc``, or of the child's exception it reports."""
     return getattr(exc, "child_type", None) or type(exc).__name__

@@ -20,7 +20,7 @@ import numpy as np
 from sirenpose_ros.core import cloud as cloud_mod
 from sirenpose_ros.core import field as field_mod
 from sirenpose_ros.core.camera import CameraModel
-from sirenpose_ros.core.child import ChildWorker, serve
+from sirenpose_ros.core.child import ChildStage, ChildWorker, serve
 from sirenpose_ros.core.types import Cloud
 
 
@@ -201,7 +201,7 @@ def _make_handler(cfg_values: dict):
     return handle, stage.device_type
 
 
-class DenseProcess:
+class DenseProcess(ChildStage):
     """A :class:`DenseStage` in a child process, behind the same calls. The dense thread and the
     map thread (frozen field for the joint refinement) both use it: one request at a time."""
 
@@ -210,7 +210,6 @@ class DenseProcess:
                                   start_timeout_s)
         self._lock = threading.Lock()
         self.device_type = self._child.info
-        self.pid = self._child.pid
 
     def _call(self, *msg):
         with self._lock:
@@ -224,13 +223,6 @@ class DenseProcess:
 
     def frozen_field(self):
         return self._call("frozen")
-
-    @property
-    def alive(self) -> bool:
-        return self._child.alive
-
-    def close(self, timeout: float = 5.0) -> None:
-        self._child.close(timeout)
 
 
 if __name__ == "__main__":

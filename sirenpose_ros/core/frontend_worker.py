@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from sirenpose_ros.core.child import ChildWorker, serve
+from sirenpose_ros.core.child import ChildStage, ChildWorker, serve
 
 
 def _make_handler(cfg_values: dict):
@@ -31,7 +31,7 @@ def _make_handler(cfg_values: dict):
     return handle, [getattr(r, "backend", "?") for r in getattr(frontend, "runners", [])]
 
 
-class FrontendProcess:
+class FrontendProcess(ChildStage):
     """The frontend chosen by ``pipeline_frontend`` (``make_frontend``), run in a child process
     behind the same interface: ``track(gray) -> Tracks``, ``reset()``, ``runners``."""
 
@@ -39,20 +39,12 @@ class FrontendProcess:
         self._child = ChildWorker("sirenpose_ros.core.frontend_worker", dict(cfg_values),
                                   "frontend worker", start_timeout_s)
         self.runners = [SimpleNamespace(backend=b) for b in self._child.info]
-        self.pid = self._child.pid
 
     def track(self, gray):
         return self._child.call("track", gray)
 
     def reset(self) -> None:
         self._child.call("reset")
-
-    @property
-    def alive(self) -> bool:
-        return self._child.alive
-
-    def close(self, timeout: float = 5.0) -> None:
-        self._child.close(timeout)
 
 
 if __name__ == "__main__":

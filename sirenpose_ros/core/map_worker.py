@@ -14,7 +14,7 @@ frame); a refinement that trains the field stays in the parent (:func:`refines_i
 """
 from __future__ import annotations
 
-from sirenpose_ros.core.child import ChildWorker, serve
+from sirenpose_ros.core.child import ChildStage, ChildWorker, serve
 
 # Attributes of a window's map that a MapJob reads and writes.
 MAP_STATE = ("keyframes", "lm_ids", "lm_X", "lm_p", "_f", "_kf_landmarks_seen")
@@ -54,7 +54,7 @@ def refines_in_child(cfg) -> bool:
     return int(cfg.joint_field_steps) == 0
 
 
-class MapWorker:
+class MapWorker(ChildStage):
     """A child process that runs MapJobs and joint refinements for one pipeline."""
 
     def __init__(self, cfg_values: dict, start_timeout_s: float = 120.0):
@@ -71,13 +71,6 @@ class MapWorker:
         """``JointWindowRefiner.refine(snap, field)`` in the child, with ``field`` rebuilt from
         ``frozen_field`` (a :class:`~sirenpose_ros.core.field.FrozenField`, or None)."""
         return self._child.call("joint", snap, frozen_field)
-
-    @property
-    def alive(self) -> bool:
-        return self._child.alive
-
-    def close(self, timeout: float = 5.0) -> None:
-        self._child.close(timeout)
 
 
 if __name__ == "__main__":
