@@ -13,10 +13,10 @@ pickled through ``multiprocessing.connection.Connection`` on two ``os.pipe`` pai
 be plain Python / NumPy: torch registers shared-memory reducers for tensors with that pickler,
 which pass file descriptors a plain pipe cannot carry.
 
-Protocol: the parent sends ``init`` once; the child builds its handler from it and answers
-``("ready", info)``; then each request ``msg`` is answered ``("ok", value)`` or
-``("error", (exception type name, text))``; ``None`` or a closed pipe ends the child. One request
-at a time per worker (each user is a single stage thread).
+Protocol: the parent sends its parameter values once; the child sets its thread limits from them,
+builds its stage object and answers ``("ready", info)``; then each request ``(method, *args)`` is
+answered ``("ok", stage.method(*args))`` or ``("error", (exception type name, text))``; ``None``
+or a closed pipe ends the child. One request at a time per worker.
 """
 from __future__ import annotations
 
@@ -58,13 +58,18 @@ def error_type(exc: BaseException) -> str:
     return getattr(exc, "child_type", None) or type(exc).__name__
 
 
-def serve(make_handler: Callable[[object], tuple[Callable, object]]) -> None:
-    """Child side (call from the module's ``__main__``): ``make_handler(init)`` returns
-    ``(handle, info)``; ``handle(msg)`` answers each request."""
+def serve(make_stage: Callable[[object], tuple[object, object]]) -> None:
+    """Child side (call from the module's ``__main__``): ``make_stage(cfg)`` builds the stage
+    object from the parent's parameter values and returns ``(stage, info)``; each request
+    ``(method, *args)`` is answered with ``stage.method(*args)``."""
     conn_in = Connection(int(sys.argv[1]), writable=False)
     conn = Connection(int(sys.argv[2]), readable=False)
     try:
-        handle, info = make_handler(conn_in.recv())
+        from sirenpose_ros.core.config import make_config
+        from sirenpose_ros.core.pipeline import apply_thread_limits
+        cfg = make_config(conn_in.recv())
+        apply_thread_limits(cfg)
+        stage, info = make_stage(cfg)
     except Exception as exc:          # noqa: BLE001 - the parent raises it
         conn.send(("error", (type(exc).__name__, str(exc))))
         return
@@ -77,19 +82,19 @@ def serve(make_handler: Callable[[object], tuple[Callable, object]]) -> None:
         if msg is None:
             return
         try:
-            conn.send(("ok", handle(msg)))
+            conn.send(("ok", getattr(stage, msg[0])(*msg[1:])))
         except Exception as exc:      # noqa: BLE001 - the parent raises it
             conn.send(("error", (type(exc).__name__, str(exc))))
 
 
 class ChildWorker:
-    """Parent side: start ``python -m module``, send ``init``, wait for its ``ready``.
+    """Parent side: start ``python -m module``, send the parameter values, wait for its ``ready``.
 
     ``info`` holds what the child answered with ``ready``. ``start_timeout_s``: the child imports
     NumPy, OpenCV and torch and may load networks (seconds on a busy machine); the wait happens
     here, at start-up, not in the first frame while the camera is already moving."""
 
-    def __init__(self, module: str, init: object, name: str, start_timeout_s: float = 120.0):
+    def __init__(self, module: str, cfg_values: dict, name: str, start_timeout_s: float = 120.0):
         self.name = name
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
@@ -103,7 +108,7 @@ class ChildWorker:
         os.close(from_child_w)
         self._send = Connection(to_child_w, readable=False)
         self._recv = Connection(from_child_r, writable=False)
-        self._send.send(init)
+        self._send.send(dict(cfg_values))
         if not self._recv.poll(start_timeout_s):
             self.close()
             raise RuntimeError(f"{name} process did not start within {start_timeout_s:.0f} s")

@@ -182,23 +182,9 @@ class DenseStage:
         return dyn, dense_kp
 
 
-def _make_handler(cfg_values: dict):
-    from sirenpose_ros.core.config import make_config
-    from sirenpose_ros.core.pipeline import apply_thread_limits
-
-    cfg = make_config(cfg_values)
-    apply_thread_limits(cfg)
+def _make_stage(cfg):
     stage = DenseStage(cfg)
-
-    def handle(msg):
-        if msg[0] == "run":
-            return stage.run(msg[1])
-        if msg[0] == "reset":
-            return stage.reset()
-        if msg[0] == "frozen":
-            return stage.frozen_field()
-        raise ValueError(f"unknown request {msg[0]!r}")
-    return handle, stage.device_type
+    return stage, stage.device_type
 
 
 class DenseProcess(ChildStage):
@@ -222,11 +208,11 @@ class DenseProcess(ChildStage):
         self._call("reset")
 
     def frozen_field(self):
-        return self._call("frozen")
+        return self._call("frozen_field")
 
 
 if __name__ == "__main__":
-    # The handler of the importable module, not of ``__main__``: what it returns is pickled by
+    # The stage of the importable module, not of ``__main__``: what it returns is pickled by
     # class path, and the parent knows these classes as sirenpose_ros.core.dense.*.
-    from sirenpose_ros.core.dense import _make_handler as handler
-    serve(handler)
+    from sirenpose_ros.core.dense import _make_stage
+    serve(_make_stage)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -321,14 +322,11 @@ class FrozenField:
             self.weights = {k: v.detach().to("cpu").numpy().copy()
                             for k, v in field.net.state_dict().items()}
 
-    def module(self) -> "FrozenField":
+    def module(self) -> SimpleNamespace:
         net = SirenField(self.hidden, self.layers, self.omega0)
         net.load_state_dict({k: torch.from_numpy(v) for k, v in self.weights.items()})
-        net.eval()
-        out = FrozenField.__new__(FrozenField)
-        out.__dict__.update(self.__dict__)
-        out.net, out.device = net, torch.device("cpu")
-        return out
+        return SimpleNamespace(net=net.eval(), device=torch.device("cpu"), fitted=self.fitted,
+                               newest_time=self.newest_time, horizon_s=self.horizon_s)
 
 
 class DepthFieldEstimator:

@@ -14,21 +14,10 @@ from types import SimpleNamespace
 from sirenpose_ros.core.child import ChildStage, ChildWorker, serve
 
 
-def _make_handler(cfg_values: dict):
-    from sirenpose_ros.core.config import make_config
-    from sirenpose_ros.core.pipeline import apply_thread_limits, make_frontend
-
-    cfg = make_config(cfg_values)
-    apply_thread_limits(cfg)
+def _make_stage(cfg):
+    from sirenpose_ros.core.pipeline import make_frontend
     frontend = make_frontend(cfg)
-
-    def handle(msg):
-        if msg[0] == "track":
-            return frontend.track(msg[1])
-        if msg[0] == "reset":
-            return frontend.reset()
-        raise ValueError(f"unknown request {msg[0]!r}")
-    return handle, [getattr(r, "backend", "?") for r in getattr(frontend, "runners", [])]
+    return frontend, [getattr(r, "backend", "?") for r in getattr(frontend, "runners", [])]
 
 
 class FrontendProcess(ChildStage):
@@ -48,7 +37,7 @@ class FrontendProcess(ChildStage):
 
 
 if __name__ == "__main__":
-    # The handler of the importable module, not of ``__main__``: what it returns is pickled by
+    # The stage of the importable module, not of ``__main__``: what it returns is pickled by
     # class path, and the parent knows these classes as sirenpose_ros.core.frontend_worker.*.
-    from sirenpose_ros.core.frontend_worker import _make_handler as handler
-    serve(handler)
+    from sirenpose_ros.core.frontend_worker import _make_stage
+    serve(_make_stage)

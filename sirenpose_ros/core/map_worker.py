@@ -20,32 +20,27 @@ from sirenpose_ros.core.child import ChildStage, ChildWorker, serve
 MAP_STATE = ("keyframes", "lm_ids", "lm_X", "lm_p", "_f", "_kf_landmarks_seen")
 
 
-def _make_handler(cfg_values: dict):
-    """Child process: an estimator and a refiner for ("map", state, keyframe_args) and
-    ("joint", snapshot, frozen field or None) requests."""
-    import torch
+class _MapStage:
+    """Child process: an estimator and a refiner for the parent's map jobs and refinements."""
 
-    from sirenpose_ros.core.config import make_config
-    from sirenpose_ros.core.joint import JointWindowRefiner
-    from sirenpose_ros.core.window import SlidingWindowEstimator
+    def __init__(self, cfg):
+        from sirenpose_ros.core.joint import JointWindowRefiner
+        from sirenpose_ros.core.window import SlidingWindowEstimator
+        self.window = SlidingWindowEstimator(cfg)
+        self.refiner = JointWindowRefiner(cfg) if cfg.joint_enabled else None
 
-    torch.set_num_threads(1)
-    cfg = make_config(cfg_values)
-    window = SlidingWindowEstimator(cfg)
-    refiner = JointWindowRefiner(cfg) if cfg.joint_enabled else None
+    def map(self, state: dict, keyframe_args: tuple) -> dict:
+        for k, v in state.items():
+            setattr(self.window, k, v)
+        self.window._add_keyframe(*keyframe_args)
+        return {k: getattr(self.window, k) for k in MAP_STATE}
 
-    def handle(msg):
-        if msg[0] == "map":
-            _, state, args = msg
-            for k, v in state.items():
-                setattr(window, k, v)
-            window._add_keyframe(*args)
-            return {k: getattr(window, k) for k in MAP_STATE}
-        if msg[0] == "joint":
-            _, snap, frozen = msg
-            return refiner.refine(snap, frozen.module() if frozen is not None else None)
-        raise ValueError(f"unknown request {msg[0]!r}")
-    return handle, None
+    def joint(self, snap, frozen):
+        return self.refiner.refine(snap, frozen.module() if frozen is not None else None)
+
+
+def _make_stage(cfg):
+    return _MapStage(cfg), None
 
 
 def refines_in_child(cfg) -> bool:
@@ -74,7 +69,7 @@ class MapWorker(ChildStage):
 
 
 if __name__ == "__main__":
-    # The handler of the importable module, not of ``__main__``: what it returns is pickled by
+    # The stage of the importable module, not of ``__main__``: what it returns is pickled by
     # class path, and the parent knows these classes as sirenpose_ros.core.map_worker.*.
-    from sirenpose_ros.core.map_worker import _make_handler as handler
-    serve(handler)
+    from sirenpose_ros.core.map_worker import _make_stage
+    serve(_make_stage)

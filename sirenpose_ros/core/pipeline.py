@@ -61,7 +61,7 @@ PARAMS = [
     ParamSpec("pipeline_torch_threads", 1, "Torch CPU threads (field fit, learned networks on the CPU); 1 avoids OpenMP contention with the estimator on small CPUs; 0 leaves torch's default.", 0, 256),
     ParamSpec("pipeline_dense_every", 1, "Run the dense stages (field fit, cloud) on every N-th tracked frame, and on every keyframe, so that a slow CPU keeps up with the pose stream; 1 = every frame.", 1, 1000),
     ParamSpec("pipeline_dense_max_hz", 30.0, "Run the dense stages (field fit, cloud) at most this often per second of camera time (keyframes always run): a 60 Hz camera rarely needs 60 clouds a second, and every skipped field fit leaves CPU time to the pose stage. Cameras at 30 Hz or slower get a cloud for every frame (see also pipeline_dense_every). 0 = no limit. A frame counts as due when at least 0.9/rate seconds passed since the last dense frame (camera jitter).", 0.0, 1000.0),
-    ParamSpec("pipeline_overlap_frontend", "auto", "Staged mode: compute the next frame's keypoints while the pose stage solves the current one ('true': higher frame rate when both stages are busy; a frame may wait for the previous pose, adding up to one pose-stage time of latency) or only once the pose stage is idle ('false': lowest image-to-TF latency). 'auto': true when the frontend runs in its own process (pipeline_frontend_process), where it costs the pose stage no GIL time (H100: 49 vs 38 FPS with the learned frontend, docs/benchmarks.md), false otherwise (a frontend on a thread competes with the pose stage for Python's GIL).", choices=("auto", "true", "false")),
+    ParamSpec("pipeline_overlap_frontend", "auto", "Staged mode: compute the next frame's keypoints while the pose stage solves the current one ('true': higher frame rate when both stages are busy; a frame may wait for the previous pose, adding up to one pose-stage time of latency) or only once the pose stage is idle ('false': lowest image-to-TF latency). 'auto': true when the frontend runs in its own process (pipeline_frontend_process), where it costs the pose stage no GIL time (H100, learned frontend, 60 Hz camera: 56.8 vs 33.6 poses/s, docs/benchmarks.md run 7), false otherwise (a frontend on a thread competes with the pose stage for Python's GIL).", choices=("auto", "true", "false")),
     ParamSpec("pipeline_map_process", True, "Staged mode: run keyframe triangulation + bundle adjustment and the joint refinement in a child process instead of a thread, so that they do not hold Python's GIL against the pose stage (the joint refinement reads a frozen copy of the field there; it stays in-process when it trains the field, joint_field_steps > 0).", None, None),
     ParamSpec("pipeline_frontend_process", "auto", "Staged mode: run the keypoint frontend in a child process, so that its Python work (the learned frontend issues ~100 small GPU launches per frame) does not hold the GIL against the pose and dense stages. 'auto': on for the learned frontend on a CUDA device, off otherwise (KLT spends its time inside OpenCV, which releases the GIL: a process only adds the image copy).", choices=("auto", "on", "off")),
     ParamSpec("pipeline_dense_process", "auto", "Staged mode: run the dense stage (SIREN field fit, dense depth, cloud, voxel map) in a child process, so that its Python work does not hold the GIL against the pose stage. 'auto': on when the field runs on a CUDA device and the joint refinement does not train the field (joint_field_steps 0: the field must then stay with the refinement); off otherwise (on a small CPU the two processes would share the same cores).", choices=("auto", "on", "off")),
@@ -169,7 +169,7 @@ class Pipeline:
             return True
         if self.cfg.pipeline_frontend != "xfeat":
             return False
-        return self.cfg.xfeat_device != "cpu" and field_mod.resolve_device(self.cfg.xfeat_device).type == "cuda"
+        return field_mod.resolve_device(self.cfg.xfeat_device).type == "cuda"
 
     @property
     def overlaps_frontend(self) -> bool:
@@ -262,7 +262,7 @@ class Pipeline:
         self._work_camera = None
         self._last_stamp = None
 
-    def _restart_dead_children(self) -> list[str]:
+    def _restart_dead_children(self) -> None:
         restarted = []
         if self._map_worker is not None and not self._map_worker.alive:
             self._map_worker.close()
@@ -278,7 +278,6 @@ class Pipeline:
             restarted.append("dense worker")
         if restarted:
             log.warning("restarted the %s process(es), which had exited", ", ".join(restarted))
-        return restarted
 
     def _reset_estimation(self) -> None:
         self.frontend.reset()
