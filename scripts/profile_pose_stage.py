@@ -21,7 +21,8 @@ from sirenpose_ros.core.config import make_config
 from sirenpose_ros.core.image import decode_image
 from sirenpose_ros.core.pipeline import Pipeline
 from sirenpose_ros.core.types import Frame
-from sirenpose_ros.tools.benchmark import cached_frames, parse_param
+from sirenpose_ros.core.config import pipeline_params
+from sirenpose_ros.tools.benchmark import cached_frames, parse_param, typed_params
 
 
 def main() -> None:
@@ -40,7 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     seq = cached_frames(args.preset, 0, args.frames, w, h, args.cache_dir, workers=4)
-    cfg = make_config({"field_enabled": False, **dict(parse_param(p) for p in args.param)})
+    cfg = make_config({"field_enabled": False,
+                       **typed_params([parse_param(p) for p in args.param], pipeline_params())})
     pipe = Pipeline(cfg, async_mapping=True)
     K = seq.K
     cam = CameraModel.pinhole(w, h, K[0, 0], K[1, 1], K[0, 2], K[1, 2])

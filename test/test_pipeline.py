@@ -114,6 +114,45 @@ def test_large_images_are_processed_downscaled_with_keypoints_in_input_pixels(ea
             assert np.allclose(a.T_world_cam, b.T_world_cam, atol=1e-9)
 
 
+def test_pose_is_handed_out_before_the_motion_graph_and_is_final(easy):
+    """track(frame, on_pose) gives the pose before the motion graph scores the frame (TF need
+    not wait for the GNN) and before the keyframe decision, and what it gives is final: the
+    FrameResult carries the same pose, covariance, velocity and state, frame after frame
+    (initialisation, rotation-only / two-view poses, tracking, keyframes)."""
+    pipe = Pipeline(make_config({"field_enabled": False, "graph_scorer": "geometric"}))
+    cam = _camera(easy)
+    events = []
+    scorer = pipe.graph.scorer
+
+    def scoring(obs):
+        events.append("graph")
+        return scorer(obs)
+    pipe.graph.scorer = scoring
+    states, keyframes = set(), 0
+    for i in range(N_FRAMES):
+        poses = []
+
+        def on_pose(p):
+            events.append("pose")
+            poses.append(p)
+        events.clear()
+        r = pipe.track(_frame(easy, i, cam), on_pose)
+        assert events == ["pose", "graph"]
+        (p,) = poses
+        assert (p.stamp_ns, p.state, p.reset, p.new_world, p.message) == (
+            r.stamp_ns, r.state, r.reset, r.new_world, r.message)
+        for a, b in ((p.T_world_cam, r.T_world_cam), (p.covariance, r.covariance),
+                     (p.velocity_world, r.velocity_world)):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert np.array_equal(a, b)
+        states.add(r.state)
+        keyframes += r.is_keyframe
+        pipe.densify(r)
+    assert TrackingState.TRACKING in states and keyframes >= 3
+    assert sum(r is not None for r in (p.covariance, p.velocity_world)) == 2
+
+
 def test_track_then_densify_equals_process(easy):
     """The split API gives the same results as process(); the pose comes before the dense stage."""
     cfg = {"field_steps_per_frame": 2}

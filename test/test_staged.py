@@ -39,13 +39,18 @@ def _run_staged(pipe, frames, slow_map_s=0.0):
             time.sleep(slow_map_s)
             inner(ctx)
         pipe.map_job = slow
-    runner = StagedRunner(pipe, poses.append, dense.append, lambda stage, exc: errors.append((stage, exc)))
+    early = []
+    runner = StagedRunner(pipe, poses.append, dense.append, lambda stage, exc: errors.append((stage, exc)),
+                          on_pose=early.append)
     try:
         for f in frames:
             runner.submit(f)
         assert runner.drain(timeout=120)
     finally:
         runner.close()
+    # Each frame's pose went out once, before its complete result, with the same values.
+    assert [p.stamp_ns for p in early] == [r.stamp_ns for r in poses]
+    assert all(p.T_world_cam is r.T_world_cam and p.state == r.state for p, r in zip(early, poses))
     return poses, dense, errors, runner
 
 
@@ -100,19 +105,24 @@ def test_a_slow_map_stage_makes_the_pose_wait_instead_of_drifting(fast_seq, sequ
     assert n >= N - 3 and err <= max(1.5 * err_seq, err_seq + 0.01)
 
 
-def test_a_failing_pose_callback_is_reported_and_keyframes_still_reach_the_map(fast_seq):
+@pytest.mark.parametrize("failing", ["on_pose", "on_frame"])
+def test_a_failing_pose_callback_is_reported_and_keyframes_still_reach_the_map(fast_seq, failing):
     frames = _frames(fast_seq)[:25]
     pipe = Pipeline(make_config(THREAD_MAP), async_mapping=True)
-    errors = []
+    errors, done = [], []
 
-    def on_pose(r):
+    def fail(r):
         raise RuntimeError("publisher gone")
-    runner = StagedRunner(pipe, on_pose, None, lambda stage, exc: errors.append(stage))
+    callbacks = {"on_pose": done.append, "on_frame": done.append, failing: fail}
+    runner = StagedRunner(pipe, callbacks["on_frame"], None, lambda stage, exc: errors.append(stage),
+                          on_pose=callbacks["on_pose"])
     for f in frames:
         runner.submit(f)
     assert runner.drain(timeout=60)
     runner.close()
-    assert errors and set(errors) == {"pose"}
+    assert len(errors) == len(frames) and set(errors) == {"pose"}
+    if failing == "on_pose":          # the frame still completes
+        assert [r.stamp_ns for r in done] == [f.stamp_ns for f in frames]
     assert len(pipe.window.keyframes) >= 3 and not pipe.window.map_busy
 
 

@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field as dc_field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -48,7 +49,7 @@ from sirenpose_ros.core.graph import KeypointGraph
 from sirenpose_ros.core.joint import JointWindowRefiner, apply_to_window, snapshot_from_window, warm_start
 from sirenpose_ros.core.map_worker import MapWorker, refines_in_child
 from sirenpose_ros.core.params import ParamSpec
-from sirenpose_ros.core.types import Cloud, Frame, FrameResult, TrackingState
+from sirenpose_ros.core.types import Cloud, Frame, FrameResult, PoseOutput, TrackingState
 from sirenpose_ros.core.camera import CameraModel
 from sirenpose_ros.core.window import SlidingWindowEstimator
 
@@ -308,12 +309,13 @@ class Pipeline:
         """Pose and dense output of one frame (offline tools, tests)."""
         return self.densify(self.track(frame))
 
-    def track(self, frame: Frame) -> FrameResult:
+    def track(self, frame: Frame, on_pose: Callable[[PoseOutput], None] | None = None) -> FrameResult:
         """Stages 1-3: pose, keypoints, dynamic probability and keypoint depth of ``frame``.
 
         Depth, cloud and map are left empty; pass the result to :meth:`densify` to fill them.
+        ``on_pose``: see :meth:`estimate`.
         """
-        return self.estimate(self.observe(frame))
+        return self.estimate(self.observe(frame), on_pose)
 
     def observe(self, frame: Frame) -> Observation:
         """Stage 1 (frontend stage): stream checks, resize to the processing size, keypoint
@@ -340,9 +342,15 @@ class Pipeline:
         t1 = time.perf_counter()
         return Observation(frame, cam, tracks, messages, reset, (t1 - t0) * 1e3)
 
-    def estimate(self, obs: Observation) -> FrameResult:
+    def estimate(self, obs: Observation, on_pose: Callable[[PoseOutput], None] | None = None) -> FrameResult:
         """Stages 2-3 (pose stage) for an :meth:`observe` output: graph, window pose, keyframe
         decision. The window is held under ``self.lock``.
+
+        ``on_pose(pose)`` is called as soon as the window has solved the pose, before the motion
+        graph scores this frame and before the keyframe decision: those only serve later frames
+        and the dense stage, so TF need not wait for them (the motion GNN is the longest part of
+        the pose stage). It runs under ``self.lock`` (keep it short) and an exception from it
+        propagates with the frame half done (the caller resets the pipeline).
 
         When ``pipeline_map_lag_frames`` frames in a row needed a keyframe while the map stage
         was still inserting the last one, this waits for that commit first (up to
@@ -356,12 +364,12 @@ class Pipeline:
                 self._map_committed.wait_for(lambda: not self.window.map_busy,
                                              float(self.cfg.pipeline_map_wait_s))
                 waited = (time.perf_counter() - t0) * 1e3
-            result = self._estimate(obs)
+            result = self._estimate(obs, on_pose)
             if waited:
                 result.timings_ms["map_wait"] = waited
             return result
 
-    def _estimate(self, obs: Observation) -> FrameResult:
+    def _estimate(self, obs: Observation, on_pose) -> FrameResult:
         t_start = time.perf_counter()
         frame, cam, tracks = obs.frame, obs.cam, obs.tracks
         messages, reset, new_world = list(obs.messages), obs.reset, obs.reset
@@ -381,29 +389,33 @@ class Pipeline:
         t0 = time.perf_counter()
         est = self.window.estimate_pose(frame.stamp_ns, ids, xn, p_prior, 0.5 * (cam.fx + cam.fy))
         t_window = time.perf_counter() - t0
+        if est.message:
+            messages.append(est.message)
+        if est.reset:
+            # A new map (possibly at a new scale): dense state built on the old one is stale.
+            self._new_dense_world()
+            reset = True
+        pose = PoseOutput(frame.stamp_ns, est.state, est.T_world_cam, est.covariance, est.velocity_world,
+                          reset, new_world, "; ".join(messages))
+        if on_pose is not None:
+            on_pose(pose)
         # 2b. dynamic probability from the static-model residuals
         t0 = time.perf_counter()
         g = self.graph.dynamic_probability(ids, px, est.residual_px, frame.stamp_ns)
         t_graph += time.perf_counter() - t0
-        # 3b. keyframes and map
+        # 3b. keyframes and map (the pose, its covariance and velocity stay as estimated)
         t0 = time.perf_counter()
         wres = self.window.update_map(g.p_dynamic)
         timings["window"] = (t_window + time.perf_counter() - t0) * 1e3
         timings["graph"] = t_graph * 1e3
-        if est.message:
-            messages.append(est.message)
-        if est.reset or wres.reset:
-            # A new map (possibly at a new scale): dense state built on the old one is stale.
-            self._new_dense_world()
-            reset = True
 
         px_full = np.stack([(px[:, 0] + 0.5) * sx - 0.5, (px[:, 1] + 0.5) * sy - 0.5], axis=1)
         result = FrameResult(
-            stamp_ns=frame.stamp_ns, state=wres.state, T_world_cam=wres.T_world_cam,
-            covariance=wres.covariance, velocity_world=wres.velocity_world,
+            stamp_ns=frame.stamp_ns, state=pose.state, T_world_cam=pose.T_world_cam,
+            covariance=pose.covariance, velocity_world=pose.velocity_world,
             is_keyframe=wres.is_keyframe, keypoints=px_full, keypoint_ids=ids.copy(),
             dynamic_prob=g.p_dynamic.copy(), keypoint_depth=wres.landmark_depth.copy(),
-            reset=reset, new_world=new_world, message="; ".join(messages), timings_ms=timings)
+            reset=reset, new_world=new_world, message=pose.message, timings_ms=timings)
         if wres.state == TrackingState.TRACKING:
             self._tracked_count += 1
         due = wres.is_keyframe or ((self._tracked_count - 1) % int(self.cfg.pipeline_dense_every) == 0

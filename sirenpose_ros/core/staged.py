@@ -5,8 +5,9 @@ frame k+1's keypoints are computed while frame k's pose is solved and frame k-1'
 
 1. frontend (the caller's thread, :meth:`StagedRunner.submit`): ``Pipeline.observe``: resize,
    keypoint tracking (KLT in OpenCV, or XFeat + LighterGlue on the GPU).
-2. pose (thread ``sirenpose-pose``): ``Pipeline.estimate``: keypoint graph, window pose, keyframe
-   decision; then ``on_pose(result)`` (the caller publishes TF / odometry there).
+2. pose (thread ``sirenpose-pose``): ``Pipeline.estimate``: window pose, then ``on_pose(pose)``
+   at once (the caller publishes TF / odometry there), then the keypoint graph (motion GNN) and
+   the keyframe decision, then ``on_frame(result)``.
 3. dense (thread ``sirenpose-dense``): ``Pipeline.densify_job``: field fit and cloud; then
    ``on_dense(result)``.
 4. map (thread ``sirenpose-map``, keyframes only): ``Pipeline.map_job``: keyframe triangulation,
@@ -34,7 +35,7 @@ import time
 import traceback
 from typing import Callable
 
-from sirenpose_ros.core.types import Frame, FrameResult
+from sirenpose_ros.core.types import Frame, FrameResult, PoseOutput
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,28 @@ log = logging.getLogger(__name__)
 class StagedRunner:
     """Runs a ``Pipeline`` built with ``async_mapping=True`` as overlapped stages.
 
-    ``on_pose(result)`` is called on the pose thread once per submitted frame that was estimated
-    (whatever its tracking state); ``on_dense(result)`` on the dense thread for the frames whose
-    dense job ran (same result object, now with depth/cloud). ``on_error(stage, exc)`` is called
-    on the failing thread; the runner keeps going (the caller decides whether to reset).
+    On the pose thread, once per submitted frame that was estimated (whatever its tracking
+    state): ``on_pose(pose)`` with its :class:`PoseOutput` as soon as the pose is solved (under
+    the pipeline's lock: keep it short), then ``on_frame(result)`` with the complete
+    :class:`FrameResult` (keypoints, dynamic probability, keypoint depth, timings).
+    ``on_dense(result)`` on the dense thread for the frames whose dense job ran (same result
+    object, now with depth/cloud). ``on_error(stage, exc)`` is called on the failing thread (a
+    failing ``on_pose`` is reported as stage "pose" and the frame still completes); the runner
+    keeps going (the caller decides whether to reset).
     ``gil_switch_interval_s``: Python's thread switch interval is process-wide; the default 5 ms
     lets a busy dense thread delay the pose thread by that much at each switch, so a runner sets
     it lower (None leaves it alone).
     """
 
-    def __init__(self, pipeline, on_pose: Callable[[FrameResult], None],
+    def __init__(self, pipeline, on_frame: Callable[[FrameResult], None],
                  on_dense: Callable[[FrameResult], None] | None = None,
                  on_error: Callable[[str, BaseException], None] | None = None,
+                 on_pose: Callable[[PoseOutput], None] | None = None,
                  gil_switch_interval_s: float | None = 0.001):
         if not getattr(pipeline.window, "async_mapping", False):
             raise ValueError("StagedRunner needs a Pipeline built with async_mapping=True")
         self.pipeline = pipeline
+        self.on_frame = on_frame
         self.on_pose = on_pose
         self.on_dense = on_dense
         self.on_error = on_error
@@ -155,10 +162,10 @@ class StagedRunner:
                 self._pose_busy = True
                 self._cond.notify_all()       # the frontend may hand over the next frame
             try:
-                result = p.estimate(obs)
+                result = p.estimate(obs, self._publish_pose)
                 job = p.take_dense_job(result)
                 try:
-                    self.on_pose(result)
+                    self.on_frame(result)
                 finally:                      # a keyframe must reach the map stage regardless
                     self._offer_dense(job)
             except Exception as exc:          # noqa: BLE001 - reported, the stage goes on
@@ -167,6 +174,14 @@ class StagedRunner:
                 with self._cond:
                     self._pose_busy = False
                     self._cond.notify_all()
+
+    def _publish_pose(self, pose: PoseOutput) -> None:
+        if self.on_pose is None:
+            return
+        try:
+            self.on_pose(pose)
+        except Exception as exc:              # noqa: BLE001 - reported; the frame must complete
+            self._fail("pose", exc)
 
     def _offer_dense(self, job: dict) -> None:
         with self._cond:

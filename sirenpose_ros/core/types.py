@@ -50,6 +50,21 @@ class Cloud:
 
 
 @dataclass
+class PoseOutput:
+    """A frame's pose as soon as the window has solved it, before the motion graph and the map
+    update of that frame (they serve later frames and the dense stage, not this pose): what TF
+    and odometry need. The frame's :class:`FrameResult` carries the same values."""
+    stamp_ns: int
+    state: TrackingState
+    T_world_cam: np.ndarray | None               # 4x4, camera-to-world; None unless TRACKING
+    covariance: np.ndarray | None                # 6x6 (x, y, z, rx, ry, rz) in world frame
+    velocity_world: np.ndarray | None            # (6,) linear (3) + angular (3), world frame
+    reset: bool                                  # the pipeline re-initialised at this frame
+    new_world: bool                              # ... and its world frame restarted here
+    message: str                                 # human-readable reason for state changes
+
+
+@dataclass
 class FrameResult:
     """What the pipeline returns for one input frame."""
     stamp_ns: int

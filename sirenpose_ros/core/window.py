@@ -96,6 +96,10 @@ class PoseEstimate:
     inliers: np.ndarray                # (N,) bool, used by the pose
     message: str = ""
     reset: bool = False
+    # With a pose: what update_map will return for it (the pose is final once estimated, so a
+    # caller can publish it before the motion graph and the map update).
+    covariance: np.ndarray | None = None
+    velocity_world: np.ndarray | None = None
 
 
 @dataclass
@@ -420,7 +424,19 @@ class SlidingWindowEstimator:
         """Estimate the current pose (or initialise) from tracks ``ids`` at normalized ``xn``.
 
         ``p_prior``: each track's dynamic probability from earlier frames (graph prior).
+        A returned pose, its covariance and velocity are final: :meth:`update_map` returns them
+        unchanged.
         """
+        est = self._estimate_pose(stamp_ns, ids, xn, p_prior, focal_px)
+        pend = self._pending
+        if pend is not None and ("rot" in pend or "T_cw" in pend):
+            T_wc = pend["rot"]["T_wc"] if "rot" in pend else geo.invert(pend["T_cw"])
+            cov = pend["rot"]["cov"] if "rot" in pend else self._covariance(T_wc)
+            pend["out"] = (T_wc, cov, self._velocity((pend["stamp"], T_wc)))
+            est.T_world_cam, est.covariance, est.velocity_world = pend["out"]
+        return est
+
+    def _estimate_pose(self, stamp_ns, ids, xn, p_prior, focal_px) -> PoseEstimate:
         if not self.async_mapping:
             self.finish_keyframe()    # normally done already, after the previous pose went out
         ids = np.asarray(ids, np.int64)
@@ -459,9 +475,9 @@ class SlidingWindowEstimator:
         pend, self._pending = self._pending, None
         if pend is not None and "rot" in pend:
             # Rotation-only pose (before initialisation): no map to update.
-            T_wc = pend["rot"]["T_wc"]
+            T_wc, cov, vel = pend["out"]
             self._history.append((pend["stamp"], T_wc))
-            return WindowResult(TrackingState.TRACKING, T_wc, pend["rot"]["cov"], self._velocity(), False,
+            return WindowResult(TrackingState.TRACKING, T_wc, cov, vel, False,
                                 np.full(pend["ids"].shape[0], np.nan), pend["rot"]["message"])
         if pend is None or self.state != TrackingState.TRACKING:
             n = 0 if pend is None else pend["ids"].shape[0]
@@ -474,7 +490,7 @@ class SlidingWindowEstimator:
         k, hit = _lookup(self.lm_ids, ids)
         self.lm_p[k[hit]] = p_dynamic[hit]
         is_kf = pend["is_init"]
-        T_cw = self.keyframes[-1].T_cw if is_kf else pend["T_cw"]
+        T_cw = pend["T_cw"]              # at initialisation, the new keyframe's pose
         self.keyframe_blocked = False
         if not self.map_busy:
             self.keyframe_blocked_frames = 0
@@ -492,7 +508,7 @@ class SlidingWindowEstimator:
                 self._deferred_kf = (pend["stamp"], ids, xn, pend["T_cw"], p_dynamic)
                 self._frames_since_kf = 0
                 is_kf = True
-        T_wc = geo.invert(T_cw)
+        T_wc, cov, vel = pend["out"]
         self._history.append((pend["stamp"], T_wc))
         # Landmark depth per track (the field stage consumes it).
         k, hit = _lookup(self.lm_ids, ids)
@@ -502,8 +518,8 @@ class SlidingWindowEstimator:
         self._last_good = dict(ids=ids, xn=xn, T_wc=T_wc, stamp=pend["stamp"],
                                depth_target=float(np.nanmedian(depth)) if hit.any() else 1.0,
                                depth=depth)
-        return WindowResult(TrackingState.TRACKING, T_wc, self._covariance(T_wc), self._velocity(),
-                            is_kf, depth, pend.get("message", ""), pend["reset"])
+        return WindowResult(TrackingState.TRACKING, T_wc, cov, vel, is_kf, depth,
+                            pend.get("message", ""), pend["reset"])
 
     def far_bounds(self, ids: np.ndarray, xn: np.ndarray, T_world_cam: np.ndarray | None,
                    allowance_px: float, structure: np.ndarray | None = None,
@@ -1438,12 +1454,13 @@ class SlidingWindowEstimator:
         cov = A @ cov_local @ A.T
         return 0.5 * (cov + cov.T)
 
-    def _velocity(self) -> np.ndarray | None:
-        """(vx, vy, vz, wx, wy, wz) in the world frame by finite differences over recent frames."""
-        if len(self._history) < 2:
+    def _velocity(self, newest: tuple[int, np.ndarray]) -> np.ndarray | None:
+        """(vx, vy, vz, wx, wy, wz) in the world frame by finite differences over recent frames,
+        ending at ``newest`` (stamp, T_world_cam), the frame not yet in the history."""
+        history = list(self._history)[-int(self.cfg.window_velocity_frames):] + [newest]
+        if len(history) < 2:
             return None
-        span = min(int(self.cfg.window_velocity_frames), len(self._history) - 1)
-        (t0, T0), (t1, T1) = self._history[-1 - span], self._history[-1]
+        (t0, T0), (t1, T1) = history[0], history[-1]
         dt = (t1 - t0) * 1e-9
         if dt <= 0:
             return None

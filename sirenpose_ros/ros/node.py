@@ -37,7 +37,7 @@ from sirenpose_ros.core.params import ParamError, ParamSpec, validate
 from sirenpose_ros.core.pipeline import Pipeline
 from sirenpose_ros.core.scale import ScaleEstimator
 from sirenpose_ros.core.staged import StagedRunner
-from sirenpose_ros.core.types import Frame, FrameResult, TrackingState
+from sirenpose_ros.core.types import Frame, FrameResult, PoseOutput, TrackingState
 from sirenpose_ros.ros import messages as M
 from sirenpose_ros.ros.node_params import NODE_PARAMS
 from sirenpose_ros.ros.tf_buffer import TransformStore
@@ -122,8 +122,8 @@ class SirenPoseNode(Node):
         self.scale = ScaleEstimator(self.core_cfg)
         # stamp_ns -> (received monotonic, decode ms, camera) of frames handed to the pose stage
         self._frame_meta: dict[int, tuple[float, float]] = {}
-        self._runner = (StagedRunner(self.pipeline, self._on_pose_result, self._on_dense_result,
-                                     self._on_stage_error) if staged else None)
+        self._runner = (StagedRunner(self.pipeline, self._on_frame_result, self._on_dense_result,
+                                     self._on_stage_error, on_pose=self._on_pose) if staged else None)
         self._degrade_requested = False
         self._reset_reason = "reset service called"
 
@@ -426,34 +426,40 @@ class SirenPoseNode(Node):
         if self._runner is not None:
             self._runner.submit(frame)        # the stage threads publish
             return
-        result = self.pipeline.track(frame)
-        self._on_pose_result(result)
+        result = self.pipeline.track(frame, self._on_pose)
+        self._on_frame_result(result)
         self.pipeline.densify(result)
         self._on_dense_result(result)
 
-    def _on_pose_result(self, result: FrameResult) -> None:
-        """Pose stage output: scale, TF / odometry / path (pose stage thread when staged)."""
-        received, decode_ms, camera = self._frame_meta.pop(result.stamp_ns)
-        result.timings_ms["decode"] = decode_ms
-        stamp_ns = result.stamp_ns
-        if result.reset:
+    def _on_pose(self, pose: PoseOutput) -> None:
+        """A frame's pose, as soon as it is solved: TF / odometry / path (pose stage thread when
+        staged). The scale is the one from earlier frames (this frame's keypoint depths update it
+        in :meth:`_on_frame_result`, after the motion graph)."""
+        received = self._frame_meta[pose.stamp_ns][0]
+        if pose.reset:
             self.counters.inc("resets")
             self.scale.reset()
-        if result.new_world:
+        if pose.new_world:
             self._anchor_world(keep_odom=True)
-        if result.state is TrackingState.LOST and self._state is not TrackingState.LOST:
+        if pose.state is TrackingState.LOST and self._state is not TrackingState.LOST:
             self.counters.inc("tracking_lost")
-            self._warn("lost", f"tracking lost at {stamp_ns / 1e9:.3f} s: {result.message}")
-        self._state = result.state
-        self._update_scale(result, camera)
+            self._warn("lost", f"tracking lost at {pose.stamp_ns / 1e9:.3f} s: {pose.message}")
+        self._state = pose.state
         scale = self._output_scale()
         if scale is not None:
-            self._publish_pose(result, scale)
+            self._publish_pose(pose, scale)
         # Pose latency (what navigation waits for) ends here; the dense stage follows.
         now = time.monotonic()
         self._out_times.append(now)
         self._latency_ms.append((now - received) * 1e3)
         self.counters.inc("frames_processed")
+
+    def _on_frame_result(self, result: FrameResult) -> None:
+        """The frame's complete pose-stage output (keypoints, dynamic probability, keypoint
+        depth): the scale estimate (pose stage thread when staged)."""
+        _, decode_ms, camera = self._frame_meta.pop(result.stamp_ns)
+        result.timings_ms["decode"] = decode_ms
+        self._update_scale(result, camera)
 
     def _on_dense_result(self, result: FrameResult) -> None:
         """Dense stage output: clouds (dense stage thread when staged)."""
@@ -557,7 +563,7 @@ class SirenPoseNode(Node):
             self._warn("scale", "waiting for a metric scale estimate: no odometry yet")
         return s
 
-    def _publish_pose(self, result: FrameResult, s: float) -> None:
+    def _publish_pose(self, result: PoseOutput, s: float) -> None:
         if result.state is not TrackingState.TRACKING or result.T_world_cam is None:
             return          # tracking-lost policy: no odometry rather than a guessed one
         stamp = M.ns_to_stamp(result.stamp_ns)
@@ -600,7 +606,7 @@ class SirenPoseNode(Node):
             if self.pub_map.get_subscription_count():
                 self.pub_map.publish(M.cloud2_msg(M.cloud_to_array(self._last_map), stamp, odom))
 
-    def _odom_uncertainty(self, result: FrameResult, T_odom_base: np.ndarray, s: float):
+    def _odom_uncertainty(self, result: PoseOutput, T_odom_base: np.ndarray, s: float):
         """Pose covariance in odom and twist in base, from the camera's (world-frame) ones."""
         R_ow = self._T_odom_world[:3, :3]
         pose_cov = None

@@ -384,8 +384,14 @@ def run_pipeline(seq: BenchSequence, params: dict, n_frames: int, warmup: int,
     load_start = load_average()
     rss_start = _reset_memory_peaks(torch if gpu else None)
     pipeline = Pipeline(make_config(params))
-    split = hasattr(pipeline, "track") and hasattr(pipeline, "densify")
     T_odom_world = T_BASE_OPTICAL
+    published = {}                  # this frame's TF: payload start and end times
+
+    def on_pose(pose):
+        published["start"] = now_s()
+        if pose.state == TrackingState.TRACKING and pose.T_world_cam is not None:
+            tf_payload(pose.T_world_cam, T_odom_world)
+        published["end"] = now_s()
 
     rows, stage_keys = [], []
     poses, pose_stamps, gt = [], [], []
@@ -400,14 +406,10 @@ def run_pipeline(seq: BenchSequence, params: dict, n_frames: int, warmup: int,
         gray, rgb = decode_image("rgb8", W, H, 3 * W, buf)
         frame = Frame(int(stamps[i]), gray, rgb, camera)
         t1 = now_s()
-        result = pipeline.track(frame) if split else pipeline.process(frame)
-        t2 = now_s()
+        result = pipeline.track(frame, on_pose)     # TF goes out before the motion graph runs
         tracked = result.state == TrackingState.TRACKING and result.T_world_cam is not None
-        if tracked:
-            tf_payload(result.T_world_cam, T_odom_world)
-        t3 = now_s()
-        if split:
-            result = pipeline.densify(result)
+        t2, t3 = published["start"], published["end"]
+        result = pipeline.densify(result)
         t4 = now_s()
         cloud_bytes = 0
         if result.cloud is not None and len(result.cloud):
@@ -448,7 +450,7 @@ def run_pipeline(seq: BenchSequence, params: dict, n_frames: int, warmup: int,
     return {
         "mode": "pipeline", "label": label, "size": f"{W}x{H}", "width": W, "height": H,
         "sequence": seq.name, "unique_frames": len(seq), "frames": n_frames, "warmup": warmup,
-        "measured": measured, "params": params, "track_densify_split": split,
+        "measured": measured, "params": params,
         "runtime": str(getattr(pipeline, "runtime", "")),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "fps": measured / loop_s, "wall_s": loop_s,
@@ -493,14 +495,17 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
     T_odom_world = T_BASE_OPTICAL
 
     offered = {}                 # frame index -> offer time
-    pose_rows, cloud_rows, errors = {}, {}, []
+    pose_rows, cloud_rows, errors = {}, {}, []     # frame index -> (time, result)
+    tf_times = {}                # frame index -> time its TF payload was ready
     gpu_used_peak = [0.0]
 
-    def on_pose(result):
-        i = index_of[result.stamp_ns]
-        if result.state == TrackingState.TRACKING and result.T_world_cam is not None:
-            tf_payload(result.T_world_cam, T_odom_world)
-        pose_rows[i] = (now_s(), result)
+    def on_pose(pose):
+        if pose.state == TrackingState.TRACKING and pose.T_world_cam is not None:
+            tf_payload(pose.T_world_cam, T_odom_world)
+        tf_times[index_of[pose.stamp_ns]] = now_s()
+
+    def on_frame(result):
+        pose_rows[index_of[result.stamp_ns]] = (now_s(), result)
 
     def on_dense(result):
         i = index_of[result.stamp_ns]
@@ -518,7 +523,8 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
     # No CUDA synchronisation here (unlike pipeline mode): it would serialise the overlapped
     # stages, and a synchronise from one thread during another's CUDA-graph capture is an error.
     now_s = time.perf_counter
-    runner = StagedRunner(pipeline, on_pose, on_dense, lambda stage, exc: errors.append(f"{stage}: {exc}"))
+    runner = StagedRunner(pipeline, on_frame, on_dense, lambda stage, exc: errors.append(f"{stage}: {exc}"),
+                          on_pose=on_pose)
     slot = {"i": None}
     cond = threading.Condition()
     done = threading.Event()
@@ -594,7 +600,7 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "fps": len(measured) / span, "wall_s": span,
         "clouds": n_clouds, "cloud_hz": n_clouds / span,
-        "latency_ms": {"pose": percentiles([(pose_rows[i][0] - offered[i]) * 1e3 for i in measured]),
+        "latency_ms": {"pose": percentiles([(tf_times[i] - offered[i]) * 1e3 for i in measured]),
                        "cloud": percentiles([(cloud_rows[i][0] - offered[i]) * 1e3 for i in cloud_rows
                                              if i >= warmup])},
         "stages_ms": stages, "memory": mem,
