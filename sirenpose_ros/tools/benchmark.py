@@ -601,6 +601,8 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
         "fps": len(measured) / span, "wall_s": span,
         "clouds": n_clouds, "cloud_hz": n_clouds / span,
         "latency_ms": {"pose": percentiles([(tf_times[i] - offered[i]) * 1e3 for i in measured]),
+                       # until the pose stage finished the frame (motion graph, keyframe decision)
+                       "frame": percentiles([(pose_rows[i][0] - offered[i]) * 1e3 for i in measured]),
                        "cloud": percentiles([(cloud_rows[i][0] - offered[i]) * 1e3 for i in cloud_rows
                                              if i >= warmup])},
         "stages_ms": stages, "memory": mem,
