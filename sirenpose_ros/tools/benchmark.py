@@ -549,7 +549,7 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
         with cond:
             cond.notify_all()
 
-    decode_ms = {}
+    decode_ms, frontend_start = {}, {}
     cam_t = threading.Thread(target=camera_thread, daemon=True)
     cam_t.start()
     while True:
@@ -563,6 +563,7 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
         t0 = now_s()
         gray, rgb = decode_image("rgb8", W, H, 3 * W, seq.images[order[i]])
         decode_ms[i] = (now_s() - t0) * 1e3
+        frontend_start[i] = now_s()
         runner.submit(Frame(int(stamps[i]), gray, rgb, camera))
     runner.drain()
     runner.close()
@@ -606,6 +607,12 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
                        "cloud": percentiles([(cloud_rows[i][0] - offered[i]) * 1e3 for i in cloud_rows
                                              if i >= warmup])},
         "stages_ms": stages, "memory": mem,
+        # What the slowest poses spent their time on (the p99 is made of frames like these).
+        "slowest_poses": [{"index": i, "tf_latency_ms": (tf_times[i] - offered[i]) * 1e3,
+                           "frontend_start_ms": (frontend_start[i] - offered[i]) * 1e3,
+                           "keyframe": bool(pose_rows[i][1].is_keyframe),
+                           "timings_ms": {k: round(v, 2) for k, v in pose_rows[i][1].timings_ms.items()}}
+                          for i in sorted(measured, key=lambda i: tf_times[i] - offered[i])[-6:]],
         "tracking": _tracking_summary(pose_stamps, poses, gt, n_frames),
         "load_avg_start": load_start, "load_avg_end": load_average(),
     }
