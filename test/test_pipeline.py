@@ -153,6 +153,23 @@ def test_pose_is_handed_out_before_the_motion_graph_and_is_final(easy):
     assert sum(r is not None for r in (p.covariance, p.velocity_world)) == 2
 
 
+def test_dynamic_cloud_points_carry_the_joint_refinement_velocity():
+    """Once the joint refinement has run on a window with a moving object, the cloud's dynamic
+    points carry its velocities and the static ones none (velocities were silently all zero
+    while the refinement's result was not kept)."""
+    seq = render_sequence("large_dynamic", seed=0, n_frames=36, width=320, height=240)
+    pipe = Pipeline(make_config({"field_steps_per_frame": 2, "graph_scorer": "geometric"}))
+    cam = _camera(seq)
+    for i in range(36):
+        r = pipe.process(_frame(seq, i, cam))
+    c = r.cloud
+    speed = np.linalg.norm(c.velocity, axis=1)
+    dyn = c.dynamic > 0.5
+    assert dyn.sum() > 200
+    assert np.mean(speed[dyn] > 0) > 0.5 and np.all(np.isfinite(speed))
+    assert np.mean(speed[~dyn] > 0) < 0.05
+
+
 def test_track_then_densify_equals_process(easy):
     """The split API gives the same results as process(); the pose comes before the dense stage."""
     cfg = {"field_steps_per_frame": 2}

@@ -33,12 +33,12 @@ def _frames(seq):
 def _run_staged(pipe, frames, slow_map_s=0.0):
     poses, dense, errors = [], [], []
     if slow_map_s:
-        inner = pipe.map_job
+        inner = pipe.insert_keyframe
 
         def slow(ctx):
             time.sleep(slow_map_s)
             inner(ctx)
-        pipe.map_job = slow
+        pipe.insert_keyframe = slow
     early = []
     runner = StagedRunner(pipe, poses.append, dense.append, lambda stage, exc: errors.append((stage, exc)),
                           on_pose=early.append)
@@ -103,6 +103,26 @@ def test_a_slow_map_stage_makes_the_pose_wait_instead_of_drifting(fast_seq, sequ
     assert n_kf >= 0.7 * n_kf_seq, (n_kf, n_kf_seq)
     (err, n), (err_seq, _) = _ate(poses, fast_seq), _ate(sequential, fast_seq)
     assert n >= N - 3 and err <= max(1.5 * err_seq, err_seq + 0.01)
+
+
+def test_a_slow_joint_refinement_does_not_hold_up_keyframe_insertion(fast_seq, sequential):
+    """The joint refinement has a thread of its own: one slower than the frame rate delays no
+    keyframe insertion (no pose waits for the map), and refinements still run."""
+    frames = _frames(fast_seq)
+    pipe = Pipeline(make_config(FAST), async_mapping=True)
+    inner, refined = pipe.refine_window, []
+
+    def slow(ctx):
+        time.sleep(0.3)
+        inner(ctx)
+        refined.append(ctx["result"].stamp_ns)
+    pipe.refine_window = slow
+    poses, _, errors, _ = _run_staged(pipe, frames)
+    assert not errors
+    assert not any(r.timings_ms.get("map_wait", 0.0) > 100 for r in poses)
+    n_kf, n_kf_seq = sum(r.is_keyframe for r in poses), sum(r.is_keyframe for r in sequential)
+    assert n_kf >= 0.7 * n_kf_seq, (n_kf, n_kf_seq)
+    assert 1 <= len(refined) < n_kf        # the newest keyframe's refinement replaces a waiting one
 
 
 @pytest.mark.parametrize("failing", ["on_pose", "on_frame"])
@@ -193,7 +213,7 @@ def test_keyframe_wanted_while_map_busy_is_reported_not_decided(fast_seq):
     waits for the map stage, at most pipeline_map_wait_s."""
     frames = _frames(fast_seq)
     pipe = Pipeline(make_config({**THREAD_MAP, "pipeline_map_wait_s": 0.05,
-                                 "pipeline_map_lag_frames": 1}), async_mapping=True)
+                                 "pipeline_map_lag_s": 0.0}), async_mapping=True)
     for i, f in enumerate(frames[:-1]):
         r = pipe.track(f)
         pipe.take_dense_job(r)     # no map stage runs: the first deferred keyframe stays pending

@@ -66,7 +66,7 @@ PARAMS = [
     ParamSpec("pipeline_map_process", True, "Staged mode: run keyframe triangulation + bundle adjustment and the joint refinement in a child process instead of a thread, so that they do not hold Python's GIL against the pose stage (the joint refinement reads a frozen copy of the field there; it stays in-process when it trains the field, joint_field_steps > 0).", None, None),
     ParamSpec("pipeline_frontend_process", "auto", "Staged mode: run the keypoint frontend in a child process, so that its Python work (the learned frontend issues ~100 small GPU launches per frame) does not hold the GIL against the pose and dense stages. 'auto': on for the learned frontend on a CUDA device, off otherwise (KLT spends its time inside OpenCV, which releases the GIL: a process only adds the image copy).", choices=("auto", "on", "off")),
     ParamSpec("pipeline_dense_process", "auto", "Staged mode: run the dense stage (SIREN field fit, dense depth, cloud, voxel map) in a child process, so that its Python work does not hold the GIL against the pose stage. 'auto': on when the field runs on a CUDA device and the joint refinement does not train the field (joint_field_steps 0: the field must then stay with the refinement); off otherwise (on a small CPU the two processes would share the same cores).", choices=("auto", "on", "off")),
-    ParamSpec("pipeline_map_lag_frames", 2, "Staged mode: after this many frames in a row that wanted a keyframe while the map stage was busy, the next pose waits for the map (a map a few frames old still tracks well; one that falls further behind a fast camera does not).", 1, 1000),
+    ParamSpec("pipeline_map_lag_s", 0.06, "Staged mode: once frames have wanted a keyframe for this long (seconds of camera time) while the map stage was still inserting the previous one, the next pose waits for the map (a map a few frames old still tracks well; one that falls further behind a fast camera does not). In time rather than frames so that a faster camera gets the same tolerance: 0.06 s is two frames at 30 Hz, four at 60 Hz; 0 = wait at the first frame after a blocked one.", 0.0, 10.0),
     ParamSpec("pipeline_map_wait_s", 1.0, "Staged mode: when a frame needs a keyframe while the map stage is still inserting the previous one, the next pose waits for it at most this long (seconds).", 0.0, 60.0),
     ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
 ]
@@ -140,16 +140,22 @@ class Pipeline:
         # dense thread of core/staged.py).
         self.window = SlidingWindowEstimator(self.cfg, async_mapping=async_mapping)
         self.lock = threading.Lock()   # the window, between the pose and the map stages
+        # Staged mode: keyframe insertion and the joint refinement each in a child process of
+        # their own (core/staged.py runs them on two threads, so that a refinement never holds
+        # up the next keyframe's insertion, which the pose stage may be waiting for).
         self._map_worker = None
+        self._joint_worker = None
         if async_mapping and self.cfg.pipeline_map_process:
             self._map_worker = MapWorker(dict(self.cfg))
+            if self.cfg.joint_enabled and refines_in_child(self.cfg):
+                self._joint_worker = MapWorker(dict(self.cfg))
         self._map_committed = threading.Condition(self.lock)
         self.dense = self._make_dense() if self.cfg.field_enabled else None
         self.joint = JointWindowRefiner(self.cfg) if self.cfg.joint_enabled else None
         self._joint_prev = None      # (snapshot, result) of the previous refinement: warm start
-        # World velocities of dynamic tracks from the last refinement: sorted ids, (N, 3).
-        self._vel_ids = np.zeros(0, np.int64)
-        self._vel = np.zeros((0, 3), np.float32)
+        # World velocities of dynamic tracks from the last refinement: (sorted ids, (N, 3)),
+        # replaced as one tuple (the dense thread reads it while the refinement thread writes).
+        self._track_velocity = (np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
         self._camera = None          # input camera of the current stream
         self._work_camera = None     # camera at the processing resolution
         self._last_stamp = None
@@ -206,9 +212,10 @@ class Pipeline:
 
     def close(self) -> None:
         """Stop the child processes, if any (the pipeline is unusable afterwards)."""
-        if self._map_worker is not None:
-            self._map_worker.close()
-            self._map_worker = None
+        for worker in (self._map_worker, self._joint_worker):
+            if worker is not None:
+                worker.close()
+        self._map_worker = self._joint_worker = None
         for part in (self.frontend, self.dense):
             if hasattr(part, "close"):
                 part.close()
@@ -269,6 +276,10 @@ class Pipeline:
             self._map_worker.close()
             self._map_worker = MapWorker(dict(self.cfg))
             restarted.append("map worker")
+        if self._joint_worker is not None and not self._joint_worker.alive:
+            self._joint_worker.close()
+            self._joint_worker = MapWorker(dict(self.cfg))
+            restarted.append("joint refinement worker")
         if getattr(self.frontend, "alive", True) is False:
             self.frontend.close()
             self.frontend = self._make_frontend()
@@ -352,14 +363,15 @@ class Pipeline:
         the pose stage). It runs under ``self.lock`` (keep it short) and an exception from it
         propagates with the frame half done (the caller resets the pipeline).
 
-        When ``pipeline_map_lag_frames`` frames in a row needed a keyframe while the map stage
-        was still inserting the last one, this waits for that commit first (up to
+        When frames have needed a keyframe for ``pipeline_map_lag_s`` while the map stage was
+        still inserting the last one, this waits for that commit first (up to
         ``pipeline_map_wait_s``): tracking on a map that lags further and further behind a
         moving camera loses its landmarks."""
         with self.lock:
             waited = 0.0
-            if (self.window.keyframe_blocked and self.window.map_busy
-                    and self.window.keyframe_blocked_frames >= int(self.cfg.pipeline_map_lag_frames)):
+            since = self.window.keyframe_blocked_since_ns
+            if (self.window.keyframe_blocked and self.window.map_busy and since is not None
+                    and (obs.frame.stamp_ns - since) * 1e-9 >= float(self.cfg.pipeline_map_lag_s)):
                 t0 = time.perf_counter()
                 self._map_committed.wait_for(lambda: not self.window.map_busy,
                                              float(self.cfg.pipeline_map_wait_s))
@@ -464,7 +476,7 @@ class Pipeline:
         r = np.clip(np.rint(px[:, 1]).astype(np.int64), 0, cam.height - 1)
         return S[r, c].astype(np.float64)
 
-    def _refine_window(self, g, ids: np.ndarray, cam) -> None:
+    def _joint_refine(self, g, ids: np.ndarray, cam) -> None:
         """SirenPose joint refinement of the window (keyframes only): poses, landmarks and the
         dynamic keypoints' positions under the geometric loss, with the field; keeps the
         dynamic tracks' velocities for the cloud.
@@ -479,8 +491,9 @@ class Pipeline:
         if self._joint_prev is not None:
             warm_start(snap, *self._joint_prev)
         reads_field = self.dense is not None and float(self.cfg.loss_depth_weight) > 0
-        if self._map_worker is not None and refines_in_child(self.cfg):
-            res = self._map_worker.refine(snap, self.dense.frozen_field() if reads_field else None)
+        worker = self._joint_worker if self._async else None
+        if worker is not None:
+            res = worker.refine(snap, self.dense.frozen_field() if reads_field else None)
         elif self.field is not None or not reads_field:
             res = self.joint.refine(snap, self.field)
         else:            # the field lives in the dense worker process: read a frozen copy of it
@@ -488,6 +501,13 @@ class Pipeline:
             res = self.joint.refine(snap, frozen.module() if frozen is not None else None)
         with self.lock:
             apply_to_window(self.window, snap, res)
+        self._joint_prev = (snap, res)
+        if snap.dyn_ids is not None:
+            ok = np.all(np.isfinite(res.velocity), axis=1)
+            order = np.argsort(snap.dyn_ids[ok])
+            self._track_velocity = (np.asarray(snap.dyn_ids[ok][order], np.int64),
+                                    np.asarray(res.velocity[ok][order], np.float32))
+
     def densify(self, result: FrameResult) -> FrameResult:
         """Stages 4-5 (field fit and cloud) for the frame of the latest :meth:`track` call.
 
@@ -544,15 +564,17 @@ class Pipeline:
     def map_job(self, ctx: dict) -> None:
         """Keyframe insertion (triangulation, bundle adjustment) and the joint refinement improve
         the window for the frames to come, not this frame's pose: they run after the caller
-        published that pose, on a copy of the map (a MapJob), and are committed under the lock,
-        so that the pose stage can keep tracking meanwhile."""
-        if ctx["world"] != self._map_world:
-            self._joint_prev = None
-            self._vel_ids = np.zeros(0, np.int64)
-            self._vel = np.zeros((0, 3), np.float32)
-            self._map_world = ctx["world"]
+        published that pose, on a copy of the map (a MapJob) and a snapshot of the window, and
+        are committed under the lock, so that the pose stage can keep tracking meanwhile.
+        ``insert_keyframe`` then ``refine_window``; the staged runner runs the two on threads of
+        their own."""
+        self.insert_keyframe(ctx)
+        self.refine_window(ctx)
+
+    def insert_keyframe(self, ctx: dict) -> None:
+        """Keyframe insertion for a job of :meth:`take_dense_job` (whichever keyframe is
+        pending: the window decides no new one until the last is committed)."""
         timings = ctx["result"].timings_ms
-        wres = ctx["wres"]
         with self.lock:
             job = self.window.begin_map_job()
         if job is not None:
@@ -572,18 +594,29 @@ class Pipeline:
                     else:               # a failed job leaves the map as it was
                         self.window.abandon_map_job(job)
                     self._map_committed.notify_all()
+
+    def refine_window(self, ctx: dict) -> None:
+        """The SirenPose joint refinement of the window after the keyframe of ``ctx`` (a job of
+        :meth:`take_dense_job`) went in. Dropped when a newer keyframe went in meanwhile."""
+        if ctx["world"] != self._map_world:
+            self._joint_prev = None
+            self._track_velocity = (np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
+            self._map_world = ctx["world"]
+        wres = ctx["wres"]
+        timings = ctx["result"].timings_ms
         if self.joint is not None and wres.is_keyframe and wres.state == TrackingState.TRACKING:
             t0 = time.perf_counter()
-            self._refine_window(ctx["graph"], ctx["ids"], ctx["cam"])
+            self._joint_refine(ctx["graph"], ctx["ids"], ctx["cam"])
             timings["joint"] = (time.perf_counter() - t0) * 1e3
 
     def _keypoint_velocity(self, ids: np.ndarray) -> np.ndarray:
         """World velocity per keypoint: from the joint refinement for dynamic tracks, else 0."""
         vel = np.zeros((len(ids), 3), np.float32)
-        if len(self._vel_ids):
-            pos = np.clip(np.searchsorted(self._vel_ids, ids), 0, len(self._vel_ids) - 1)
-            hit = self._vel_ids[pos] == ids
-            vel[hit] = self._vel[pos[hit]]
+        known_ids, known = self._track_velocity
+        if len(known_ids):
+            pos = np.clip(np.searchsorted(known_ids, ids), 0, len(known_ids) - 1)
+            hit = known_ids[pos] == ids
+            vel[hit] = known[pos[hit]]
         return vel
 
     def _sparse_cloud(self, frame, xn, p_dyn, ids, wres, px_input) -> Cloud:

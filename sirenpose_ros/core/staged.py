@@ -10,12 +10,19 @@ frame k+1's keypoints are computed while frame k's pose is solved and frame k-1'
    the keyframe decision, then ``on_frame(result)``.
 3. dense (thread ``sirenpose-dense``): ``Pipeline.densify_job``: field fit and cloud; then
    ``on_dense(result)``.
-4. map (thread ``sirenpose-map``, keyframes only): ``Pipeline.map_job``: keyframe triangulation,
-   bundle adjustment and the joint refinement on a copy of the map, committed under the
-   pipeline's lock; the computation itself runs in a child process (``core/map_worker.py``,
-   ``pipeline_map_process``) so that it does not compete for the GIL with the pose stage. It has its own thread so that a new keyframe enters the window as soon as
-   possible (tracking on a map that lags behind a fast camera loses landmarks), not after the
-   field fit of an earlier frame.
+4. map (thread ``sirenpose-map``, keyframes only): ``Pipeline.insert_keyframe``: keyframe
+   triangulation and bundle adjustment on a copy of the map, committed under the pipeline's
+   lock; the computation itself runs in a child process (``core/map_worker.py``,
+   ``pipeline_map_process``) so that it does not compete for the GIL with the pose stage. It has
+   its own thread so that a new keyframe enters the window as soon as possible (tracking on a
+   map that lags behind a fast camera loses landmarks, and the pose stage waits for a map that
+   lags too far), not after the field fit of an earlier frame.
+5. refine (thread ``sirenpose-refine``, after each keyframe insertion): ``Pipeline.refine_window``:
+   the SirenPose joint refinement of the window (in a second child process). On its own thread
+   so that a refinement (tens of milliseconds to 0.1 s) never delays the next keyframe's
+   insertion: on an H100 with a 60 Hz camera, sharing the map thread made the pose stage wait
+   up to 64 ms for the map. A refinement that finds a newer keyframe inserted meanwhile is
+   dropped (``joint.apply_to_window``); a waiting one is replaced by the newer keyframe's.
 
 Back-pressure: ``submit`` blocks while the pose stage still has a frame waiting, so a caller that
 keeps only the newest camera image (the node's one-slot buffer) drops frames there, before any
@@ -74,14 +81,17 @@ class StagedRunner:
         self._pose_in = None            # Observation waiting for the pose stage
         self._dense_in = None           # dense job waiting for the dense stage
         self._map_in = None             # keyframe job waiting for the map stage
+        self._refine_in = None          # inserted keyframe waiting for the joint refinement
         self._pose_busy = False
         self._dense_busy = False
         self._map_busy = False
+        self._refine_busy = False
         self._stop = False
         self.dense_dropped = 0          # dense jobs replaced by newer ones (no cloud for them)
         self._threads = [threading.Thread(target=self._pose_loop, name="sirenpose-pose", daemon=True),
                          threading.Thread(target=self._dense_loop, name="sirenpose-dense", daemon=True),
-                         threading.Thread(target=self._map_loop, name="sirenpose-map", daemon=True)]
+                         threading.Thread(target=self._map_loop, name="sirenpose-map", daemon=True),
+                         threading.Thread(target=self._refine_loop, name="sirenpose-refine", daemon=True)]
         for t in self._threads:
             t.start()
 
@@ -122,7 +132,8 @@ class StagedRunner:
         with self._cond:
             return self._cond.wait_for(
                 lambda: self._stop or not (self._pose_in or self._pose_busy or self._dense_in
-                                           or self._dense_busy or self._map_in or self._map_busy),
+                                           or self._dense_busy or self._map_in or self._map_busy
+                                           or self._refine_in or self._refine_busy),
                 timeout)
 
     def reset(self) -> None:
@@ -208,7 +219,17 @@ class StagedRunner:
         self._serve("dense", work)
 
     def _map_loop(self) -> None:
-        self._serve("map", self.pipeline.map_job)
+        def work(job):
+            try:
+                self.pipeline.insert_keyframe(job)
+            finally:           # refine what the window holds now, even if this insertion failed
+                with self._cond:
+                    self._refine_in = job
+                    self._cond.notify_all()
+        self._serve("map", work)
+
+    def _refine_loop(self) -> None:
+        self._serve("refine", self.pipeline.refine_window)
 
     def _serve(self, stage: str, work: Callable[[dict], None]) -> None:
         """Loop of the ``stage`` thread: take the job in ``self._<stage>_in``, run ``work`` on

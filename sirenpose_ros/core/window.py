@@ -393,7 +393,7 @@ class SlidingWindowEstimator:
         self._deferred_kf = None       # keyframe decided by update_map, inserted by finish_keyframe
         self._map_job_open = False     # a MapJob is running on a copy of the map (another thread)
         self.keyframe_blocked = False  # the last frame wanted a keyframe while the map was busy
-        self.keyframe_blocked_frames = 0   # ... and how many frames in a row did
+        self.keyframe_blocked_since_ns = None   # ... stamp of the first of such frames in a row
         self._info = np.eye(6)
         self._sigma2 = 1.0
         self._rng = np.random.default_rng(0)     # RANSAC sampling: reproducible runs
@@ -493,14 +493,15 @@ class SlidingWindowEstimator:
         T_cw = pend["T_cw"]              # at initialisation, the new keyframe's pose
         self.keyframe_blocked = False
         if not self.map_busy:
-            self.keyframe_blocked_frames = 0
+            self.keyframe_blocked_since_ns = None
         if not is_kf and self._need_keyframe(ids, xn, hit):
             if self.map_busy:
                 # The previous keyframe is not in the window yet: a new one now would be
                 # measured against the wrong keyframe. The caller should let the map catch up
                 # (Pipeline.estimate waits for it) instead of tracking on an ever older map.
                 self.keyframe_blocked = True
-                self.keyframe_blocked_frames += 1
+                if self.keyframe_blocked_since_ns is None:
+                    self.keyframe_blocked_since_ns = pend["stamp"]
             else:
                 # Triangulation and bundle adjustment wait for finish_keyframe() (or a MapJob on
                 # another thread), so that the caller can publish this frame's pose first;
