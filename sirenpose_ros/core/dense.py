@@ -163,21 +163,18 @@ class DenseStage:
         with np.errstate(divide="ignore", invalid="ignore"):
             dense_depth = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
         dense_kp = None
-        floor = self._ground_depth(job, h, w) if cfg.field_ground_plane else None
-        if floor is not None and cfg.field_ground_static_bound:
-            # Nothing is seen through the floor: every pixel below the horizon is at most as far
-            # as the floor along its ray (within the plane's tolerance). Where the field
-            # extrapolates (image borders, few keypoints) it is otherwise too far there.
-            dense_depth = np.minimum(dense_depth,
-                                     floor * np.float32(np.exp(cfg.field_ground_inlier)))
         if cfg.field_upright_occluder:
             # Moving objects have no keypoint depth: the field shows the background they hide.
             # Upright objects are in front of the floor hidden behind their lowest pixels.
             dyn, dense_kp = self._keypoint_values(job, h, w)
             moving = dyn > cfg.field_upright_threshold
+            floor = (self._ground_depth(job, h, w)
+                     if cfg.field_ground_plane and moving.any() else None)
             if floor is not None:
                 # The field has no floor keypoints under the object either: the plane gives
-                # the floor hidden there, where an object standing on it touches it.
+                # the floor hidden there, where an object standing on it touches it. Static
+                # pixels keep the field's depth: near the horizon a plane tilted by a degree is
+                # off by more than the field (on easy it pulled the far floor in by 10-20 %).
                 dense_depth = np.where(moving, np.minimum(dense_depth, floor), dense_depth)
             dense_depth = field_mod.upright_occluder_bound(dense_depth, moving)
         if cfg.field_occluder_bound:

@@ -133,10 +133,6 @@ PARAMS: list[ParamSpec] = [
               "no floor keypoints and renders what it extrapolates from elsewhere (in "
               "large_dynamic the wall, 1.6x too far), while the plane gives the floor hidden "
               "behind the object's lowest pixels, where an object standing on the floor is."),
-    ParamSpec("field_ground_static_bound", True,
-              "field_ground_plane: also cap every pixel at the floor's depth along its ray "
-              "(times exp(field_ground_inlier)): no surface is seen through the floor, while "
-              "the field extrapolates too far where the floor reaches the image border."),
     ParamSpec("field_ground_max_tilt_deg", 30.0,
               "field_ground_plane: largest angle between the plane's normal and the image's "
               "down axis (optical y). The floor is found only while the camera is within this "
