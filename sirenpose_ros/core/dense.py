@@ -87,6 +87,7 @@ class DenseStage:
         self.field.reset()
         self.voxels.clear()
         self.ground_world = None
+        self._rng = np.random.default_rng(int(self.cfg.field_seed))
 
     def _ground_depth(self, job: DenseInput, h: int, w: int) -> np.ndarray | None:
         """(h, w) depth of the floor plane on the field's grid (+inf above the horizon), or None
