@@ -76,6 +76,8 @@ class DenseStage:
         self.field = field_mod.DepthFieldEstimator(cfg)
         self.voxels = cloud_mod.VoxelMap(cfg)
         self.world = None
+        self.ground_world = None     # floor plane (normal, offset) in world coordinates
+        self._rng = np.random.default_rng(int(cfg.field_seed))
 
     @property
     def device_type(self) -> str:
@@ -84,6 +86,36 @@ class DenseStage:
     def reset(self) -> None:
         self.field.reset()
         self.voxels.clear()
+        self.ground_world = None
+        self._rng = np.random.default_rng(int(self.cfg.field_seed))
+
+    def _ground_depth(self, job: DenseInput, h: int, w: int) -> np.ndarray | None:
+        """(h, w) depth of the floor plane on the field's grid (+inf above the horizon), or None
+        while no floor is known. The plane is fitted to this frame's static keypoints with
+        landmark depth; when too few lie on it (the floor hidden, untextured), the last plane
+        found is used, kept in world coordinates so that it follows the camera."""
+        cfg = self.cfg
+        T = np.asarray(job.T_world_cam, np.float64)
+        R, t = T[:3, :3], T[:3, 3]
+        d = job.landmark_depth
+        sel = np.isfinite(d) & (d > 0) & (job.p_dyn < cfg.window_dynamic_threshold)
+        X = np.column_stack([job.xn[sel] * d[sel, None], d[sel]])
+        plane = field_mod.fit_ground_plane(X, cfg.field_ground_max_tilt_deg,
+                                           cfg.field_ground_inlier,
+                                           cfg.field_ground_min_inliers, self._rng)
+        if plane is not None:
+            n, c = plane
+            self.ground_world = (R @ n, c + float((R @ n) @ t))
+        elif self.ground_world is not None:
+            n_w, c_w = self.ground_world
+            n, c = R.T @ n_w, c_w - float(n_w @ t)
+        else:
+            return None
+        cam = job.cam
+        W, H = cam.width, cam.height
+        xn = (np.arange(w) * (W - 1) / max(w - 1, 1) - cam.cx) / cam.fx
+        yn = (np.arange(h) * (H - 1) / max(h - 1, 1) - cam.cy) / cam.fy
+        return field_mod.plane_depth(n, c, xn[None, :], yn[:, None])
 
     def frozen_field(self):
         """A read-only copy of the field for the joint refinement in another process, or None
@@ -136,8 +168,16 @@ class DenseStage:
             # Moving objects have no keypoint depth: the field shows the background they hide.
             # Upright objects are in front of the floor hidden behind their lowest pixels.
             dyn, dense_kp = self._keypoint_values(job, h, w)
-            dense_depth = field_mod.upright_occluder_bound(dense_depth,
-                                                           dyn > cfg.field_upright_threshold)
+            moving = dyn > cfg.field_upright_threshold
+            floor = (self._ground_depth(job, h, w)
+                     if cfg.field_ground_plane and moving.any() else None)
+            if floor is not None:
+                # The field has no floor keypoints under the object either: the plane gives
+                # the floor hidden there, where an object standing on it touches it. Static
+                # pixels keep the field's depth: near the horizon a plane tilted by a degree is
+                # off by more than the field (on easy it pulled the far floor in by 10-20 %).
+                dense_depth = np.where(moving, np.minimum(dense_depth, floor), dense_depth)
+            dense_depth = field_mod.upright_occluder_bound(dense_depth, moving)
         if cfg.field_occluder_bound:
             # Moving objects have no keypoint depth: the field shows the background behind
             # them. They occlude that background, so cap them at the depth around them.
