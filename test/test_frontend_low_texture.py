@@ -80,3 +80,22 @@ def test_opencv_default_texture_test_loses_the_faint_tracks(low_texture_seq):
     p_new, _ = _long_tracks(seq)
     p_old, _ = _long_tracks(seq, frontend_klt_min_eigenvalue=1e-4)
     assert len(p_old) < 0.5 * len(p_new)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_low_texture_faint_edges_do_not_become_tracks(seed):
+    """With the detection threshold lowered, faint edges pass as corners; KLT slides along
+    them (aperture problem), pixels over a few frames, and on low_texture seed 1 those tracks
+    bent the two-view initialisation by ~10 degrees of translation direction. The isotropy test
+    (frontend_min_isotropy) keeps them out: few 10-frame tracks stay more than 2 px off."""
+    seq = render_sequence("low_texture", seed=seed, n_frames=N_FRAMES, width=W, height=H)
+    p1, pn = _long_tracks(seq)
+    err = _ground_truth_error(seq, p1, pn)
+    err = err[np.isfinite(err)]
+    # Measured: 6 % (seed 1) and 4 % (seed 2) with the test, 23 % and 11 % without.
+    assert err.size >= 70, err.size
+    assert np.mean(err > 2.0) < 0.08, np.mean(err > 2.0)
+    # The parameter is what makes the difference (so the assertion above can fail).
+    p1, pn = _long_tracks(seq, frontend_min_isotropy=0.0)
+    err_off = _ground_truth_error(seq, p1, pn)
+    assert np.mean(err_off[np.isfinite(err_off)] > 2.0) >= 0.1
