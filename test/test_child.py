@@ -135,19 +135,65 @@ def test_a_reset_restarts_child_processes_that_died(grays):
     cam = CameraModel.pinhole(320, 240, 256.0, 256.0, 159.5, 119.5)
     try:
         assert isinstance(pipe.dense, DenseProcess) and pipe._map_worker is not None
-        old = (pipe.frontend.pid, pipe.dense.pid, pipe._map_worker._child.pid)
+        workers = lambda: (pipe.frontend, pipe.dense, pipe._map_worker, pipe._joint_worker,  # noqa: E731
+                           pipe.graph.deferred)
+        assert all(w is not None for w in workers())
+        old = [w.pid for w in workers()]
         pipe.track(Frame(0, grays[0], None, cam))
         for pid in old:
             os.kill(pid, signal.SIGKILL)
-        for child in (pipe.frontend._child, pipe.dense._child, pipe._map_worker._child):
-            child._proc.wait(10)
+        for w in workers():
+            w._child._proc.wait(10)
         with pytest.raises(RuntimeError, match="exited"):
             pipe.track(Frame(1, grays[1], None, cam))
-        assert not pipe.frontend.alive and not pipe.dense.alive and not pipe._map_worker.alive
+        assert not any(w.alive for w in workers())
         pipe.reset()                       # what the node does after a pipeline error
-        new = (pipe.frontend.pid, pipe.dense.pid, pipe._map_worker._child.pid)
+        new = [w.pid for w in workers()]
         assert all(a != b for a, b in zip(old, new))
-        assert pipe.frontend.alive and pipe.dense.alive and pipe._map_worker.alive
+        assert all(w.alive for w in workers())
         assert len(pipe.track(Frame(2, grays[2], None, cam)).keypoint_ids) > 50
     finally:
         pipe.close()
+
+
+def test_graph_scorer_process_scores_one_frame_behind_with_the_same_beliefs():
+    """The motion graph scored in a child process (pipeline_graph_process): a frame's own call
+    returns the beliefs from before it, and from the next prior() on the beliefs are those of
+    in-process scoring (same scorer, same inputs)."""
+    from sirenpose_ros.core.graph import KeypointGraph
+    from sirenpose_ros.core.graph_worker import GraphScorerProcess
+    cfg = make_config({"graph_scorer_max_hz": 0.0})
+    rng = np.random.default_rng(0)
+    here = KeypointGraph(cfg)
+    there = KeypointGraph(cfg, deferred=GraphScorerProcess(dict(cfg)))
+    try:
+        ids = np.arange(60)
+        px = rng.uniform(0, 300, (60, 2))
+        for k in range(8):
+            if k == 5:                       # a new stream: the pending frame is dropped
+                here.reset()
+                there.reset()
+            ids = ids + (k % 3 == 0)         # tracks come and go
+            px = px + rng.normal(0, 1, px.shape)
+            res = rng.normal(0, 0.5, (60, 2))
+            res[:15] += 6.0                  # a moving group
+            before = there.prior(ids)
+            a = here.dynamic_probability(ids, px, res, k)
+            b = there.dynamic_probability(ids, px, res, k)
+            np.testing.assert_allclose(b.p_dynamic, before)           # not scored yet
+            np.testing.assert_allclose(there.prior(ids), a.p_dynamic, atol=1e-12)
+            np.testing.assert_allclose(there.prior(ids), here.prior(ids), atol=1e-12)
+        assert np.abs(here.prior(ids) - cfg.graph_prior).max() > 0.3      # the GNN did score
+    finally:
+        there.deferred.close()
+
+
+def test_graph_process_auto_follows_the_frontend_process():
+    base = {"pipeline_frontend_process": "on", "field_enabled": False}
+    pipe = Pipeline(make_config(base), async_mapping=True)
+    try:
+        assert pipe.graph.deferred is not None and "motion graph" in pipe.runtime
+    finally:
+        pipe.close()
+    assert Pipeline(make_config({"field_enabled": False}), async_mapping=True).graph.deferred is None
+    assert Pipeline(make_config({**base, "pipeline_graph_process": "off"}), async_mapping=True).graph.deferred is None

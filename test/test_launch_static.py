@@ -671,6 +671,40 @@ def rviz_displays() -> list[dict]:
     return vm["Displays"]
 
 
+def test_auto_on_off_parameters_take_what_yaml_makes_of_on_and_true():
+    """`-p pipeline_frontend_process:=on` reaches rclpy as a bool (YAML 1.1): the node accepts it
+    (dynamic typing on those parameters) and check() maps it back to the word; a plain string
+    choice still works and a wrong type is still refused."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.context import Context
+    from sirenpose_ros.ros.node import _descriptor
+
+    declared = declared_params()
+    cases = {"pipeline_frontend_process": ("on", "on"), "pipeline_dense_process": ("off", "off"),
+             "pipeline_graph_process": ("process", None), "pipeline_overlap_frontend": ("true", "true")}
+    for name, (text, want) in cases.items():
+        spec = declared[name]
+        ctx = Context()
+        rclpy.init(args=["--ros-args", "-p", f"{name}:={text}"], context=ctx)
+        try:
+            node = rclpy.create_node("sirenpose", context=ctx)
+            try:
+                value = node.declare_parameter(name, spec.default, _descriptor(spec)).value
+            finally:
+                node.destroy_node()
+        finally:
+            rclpy.shutdown(context=ctx)
+        if want is None:
+            with pytest.raises(ParamError, match="one of"):
+                spec.check(value)
+        else:
+            assert isinstance(value, bool) and spec.check(value) == want
+    assert declared["pipeline_overlap_frontend"].check(False) == "false"
+    assert declared["pipeline_frontend"].bool_words() is None
+    with pytest.raises(ParamError):
+        declared["pipeline_frontend"].check(True)
+
+
 def test_rviz_config_shows_the_node_outputs():
     doc = yaml.safe_load(RVIZ_FILE.read_text())
     assert isinstance(doc.get("Panels"), list), f"{RVIZ_FILE.name}: no Panels"

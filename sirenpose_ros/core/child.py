@@ -132,10 +132,22 @@ class ChildWorker:
 
     def call(self, *msg):
         """Send one request and wait for its answer (the GIL is released while waiting)."""
+        self.submit(*msg)
+        return self.result()
+
+    def submit(self, *msg) -> None:
+        """Send one request without waiting: the child works on it while this process goes on;
+        :meth:`result` collects the answer (one request outstanding at a time)."""
         if self._proc.poll() is not None:
             raise RuntimeError(f"{self.name} process exited (code {self._proc.returncode})")
         try:
             self._send.send(msg)
+        except OSError as exc:
+            raise RuntimeError(f"{self.name} process exited ({exc})") from exc
+
+    def result(self):
+        """The answer to the request :meth:`submit` sent (waits for it)."""
+        try:
             status, value = self._recv.recv()
         except (EOFError, OSError) as exc:
             raise RuntimeError(f"{self.name} process exited ({exc})") from exc

@@ -106,12 +106,31 @@ def make_scorer(cfg) -> MotionScorer:
 
 
 class KeypointGraph:
-    def __init__(self, cfg, scorer: MotionScorer | None = None):
+    """``deferred``: a scorer that works in another process (``core/graph_worker.py``):
+    ``submit(ids, px, residual_px, previous)`` starts scoring a frame (Delaunay edges included)
+    and returns at once, ``result() -> (edges, evidence, rigidity)`` waits for it. A frame's
+    :meth:`dynamic_probability` then returns the beliefs as they were (like a frame between
+    scored ones) and its scores enter the beliefs at the next :meth:`prior`: the next frame's
+    pose sees them, the frame's own outputs and keyframe decision do not. The pose stage then
+    never waits for the motion GNN (9-16 ms per scored frame on the H100 host's CPU)."""
+
+    def __init__(self, cfg, scorer: MotionScorer | None = None, deferred=None):
         self.cfg = cfg
-        self.scorer = scorer if scorer is not None else make_scorer(cfg)
+        self.deferred = deferred
+        self.scorer = scorer if scorer is not None or deferred is not None else make_scorer(cfg)
+        self._pending = None
         self.reset()
 
     def reset(self) -> None:
+        if self.deferred is not None:
+            if self._pending is not None:
+                self._pending = None
+                try:
+                    self.deferred.result()             # its answer belongs to the old stream
+                except Exception:                      # noqa: BLE001 - a dead child restarts
+                    pass
+            if self.deferred.alive:
+                self.deferred.reset()
         if hasattr(self.scorer, "reset"):          # learned scorers keep per-track history
             self.scorer.reset()
         # Filtered probability per live track, kept sorted by id for vectorised lookup.
@@ -123,7 +142,15 @@ class KeypointGraph:
         self._edge_rig = np.zeros(0)
 
     def prior(self, ids: np.ndarray) -> np.ndarray:
-        """Filtered probability of each id from earlier frames (graph_prior for new ids)."""
+        """Filtered probability of each id from earlier frames (graph_prior for new ids),
+        including a frame whose scoring was deferred (waits for it)."""
+        if self._pending is not None:
+            (p_ids, previous, stamp_ns), self._pending = self._pending, None
+            edges, evidence, rigidity = self.deferred.result()
+            self._fuse(p_ids, previous, edges, evidence, rigidity, stamp_ns)
+        return self._belief(ids)
+
+    def _belief(self, ids: np.ndarray) -> np.ndarray:
         out = np.full(ids.shape[0], float(self.cfg.graph_prior))
         if self._ids.size and ids.size:
             k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
@@ -141,12 +168,21 @@ class KeypointGraph:
         """
         if self._between_scored_frames(stamp_ns):
             return self._carried(ids)
+        previous = self.prior(ids)
+        if self.deferred is not None:
+            self.deferred.submit(ids, px, residual_px, previous)
+            self._pending = (ids, previous, stamp_ns)
+            self._scored_ns = stamp_ns
+            return self._carried(ids)
+        edges = delaunay_edges(px, self.cfg.graph_max_edge_px)
+        evidence, rigidity = self.scorer(GraphObservation(ids, px, residual_px, edges, previous))
+        return self._fuse(ids, previous, edges, evidence, rigidity, stamp_ns)
+
+    def _fuse(self, ids, previous, edges, evidence, rigidity, stamp_ns) -> GraphResult:
+        """This frame's evidence, smoothed over the graph and filtered per track, becomes the
+        beliefs."""
         c = self.cfg
         n = ids.shape[0]
-        edges = delaunay_edges(px, c.graph_max_edge_px)
-        previous = self.prior(ids)
-        obs = GraphObservation(ids, px, residual_px, edges, previous)
-        evidence, rigidity = self.scorer(obs)
         known = np.isfinite(evidence)
         # A node without new evidence keeps its own belief as (weaker) evidence: it still
         # spreads within its rigid group, but static neighbours alone cannot clear a track that
@@ -186,7 +222,7 @@ class KeypointGraph:
     def _carried(self, ids: np.ndarray) -> GraphResult:
         """A frame between scored ones: the filtered probabilities as they are, and the last
         scored edges whose two tracks are both still here."""
-        p = self.prior(ids)
+        p = self._belief(ids)
         order = np.argsort(ids)
         sid = ids[order]
         if sid.size and self._edge_ids.size:

@@ -37,9 +37,20 @@ class ParamSpec:
             return f"a {self.type.__name__} in [{lo}, {hi}]"
         return f"a {self.type.__name__}"
 
+    def bool_words(self) -> tuple[str, str] | None:
+        """(word for true, word for false) among a string parameter's choices, if it has them:
+        such a parameter also takes a bool (what YAML makes of those words)."""
+        for yes, no in (("on", "off"), ("true", "false")):
+            if self.choices is not None and yes in self.choices and no in self.choices:
+                return yes, no
+        return None
+
     def check(self, value: Any) -> Any:
         """Return ``value`` coerced to the spec's type, or raise ParamError."""
         t = self.type
+        if t is str and isinstance(value, bool) and self.bool_words():
+            # YAML (and so `-p name:=on` on a ROS command line) reads on/off/true/false as bools.
+            value = self.bool_words()[0 if value else 1]
         if t is bool:
             if not isinstance(value, bool):
                 raise ParamError(f"parameter '{self.name}' = {value!r}: expected true or false")

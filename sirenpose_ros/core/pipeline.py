@@ -66,6 +66,7 @@ PARAMS = [
     ParamSpec("pipeline_map_process", True, "Staged mode: run keyframe triangulation + bundle adjustment and the joint refinement in a child process instead of a thread, so that they do not hold Python's GIL against the pose stage (the joint refinement reads a frozen copy of the field there; it stays in-process when it trains the field, joint_field_steps > 0).", None, None),
     ParamSpec("pipeline_frontend_process", "auto", "Staged mode: run the keypoint frontend in a child process, so that its Python work (the learned frontend issues ~100 small GPU launches per frame) does not hold the GIL against the pose and dense stages. 'auto': on for the learned frontend on a CUDA device, off otherwise (KLT spends its time inside OpenCV, which releases the GIL: a process only adds the image copy).", choices=("auto", "on", "off")),
     ParamSpec("pipeline_dense_process", "auto", "Staged mode: run the dense stage (SIREN field fit, dense depth, cloud, voxel map) in a child process, so that its Python work does not hold the GIL against the pose stage. 'auto': on when the field runs on a CUDA device and the joint refinement does not train the field (joint_field_steps 0: the field must then stay with the refinement); off otherwise (on a small CPU the two processes would share the same cores).", choices=("auto", "on", "off")),
+    ParamSpec("pipeline_graph_process", "auto", "Run the motion graph's scorer (Delaunay edges, motion features, motion GNN) in a child process, one frame behind: a scored frame's keypoints go to the child and the pose stage goes on; the scores enter the dynamic probabilities when the next frame asks for them, so the next pose uses them but the scored frame's own outputs (dynamic_prob, keyframe decision, cloud labels) carry the beliefs from before it. Takes the GNN (9-16 ms per scored frame on the H100 host's CPU) off the pose stage. 'auto': on in staged mode when the frontend has its own process (a GPU machine with cores to spare), off otherwise; 'on' also applies to frame-after-frame processing (to measure its accuracy).", choices=("auto", "on", "off")),
     ParamSpec("pipeline_map_lag_s", 0.06, "Staged mode: once frames have wanted a keyframe for this long (seconds of camera time) while the map stage was still inserting the previous one, the next pose waits for the map (a map a few frames old still tracks well; one that falls further behind a fast camera does not). In time rather than frames so that a faster camera gets the same tolerance: 0.06 s is two frames at 30 Hz, four at 60 Hz; 0 = wait at the first frame after a blocked one.", 0.0, 10.0),
     ParamSpec("pipeline_map_wait_s", 1.0, "Staged mode: when a frame needs a keyframe while the map stage is still inserting the previous one, the next pose waits for it at most this long (seconds).", 0.0, 60.0),
     ParamSpec("pipeline_dynamic_radius_px", 24.0, "Dense dynamic probability: a pixel takes the value of its nearest keypoint within this radius (working-resolution pixels), else the graph prior.", 1.0, 1000.0),
@@ -135,7 +136,7 @@ class Pipeline:
         apply_thread_limits(self.cfg)
         self._async = bool(async_mapping)
         self.frontend = self._make_frontend()
-        self.graph = KeypointGraph(self.cfg)
+        self.graph = self._make_graph()
         # async_mapping: the window never inserts keyframes inline; densify_job() does (on the
         # dense thread of core/staged.py).
         self.window = SlidingWindowEstimator(self.cfg, async_mapping=async_mapping)
@@ -178,6 +179,16 @@ class Pipeline:
             return False
         return field_mod.resolve_device(self.cfg.xfeat_device).type == "cuda"
 
+    def _graph_in_process(self) -> bool:
+        mode = self.cfg.pipeline_graph_process
+        return mode == "on" or (mode == "auto" and self._frontend_in_process())
+
+    def _make_graph(self) -> KeypointGraph:
+        if self._graph_in_process():
+            from sirenpose_ros.core.graph_worker import GraphScorerProcess
+            return KeypointGraph(self.cfg, deferred=GraphScorerProcess(dict(self.cfg)))
+        return KeypointGraph(self.cfg)
+
     @property
     def overlaps_frontend(self) -> bool:
         """Whether the staged runner computes a frame's keypoints while the previous pose is
@@ -216,7 +227,7 @@ class Pipeline:
             if worker is not None:
                 worker.close()
         self._map_worker = self._joint_worker = None
-        for part in (self.frontend, self.dense):
+        for part in (self.frontend, self.dense, self.graph.deferred):
             if hasattr(part, "close"):
                 part.close()
 
@@ -232,6 +243,8 @@ class Pipeline:
             details.append(f"in child process {self.frontend.pid}")
         if details:
             parts[-1] += f" ({'; '.join(details)})"
+        if self.graph.deferred is not None:
+            parts.append(f"motion graph {self.cfg.graph_scorer} (in child process {self.graph.deferred.pid}, one frame behind)")
         if self.dense is not None:
             parts.append(f"field {self.dense.device_type}")
             if getattr(self.dense, "pid", None) is not None:
@@ -280,6 +293,10 @@ class Pipeline:
             self._joint_worker.close()
             self._joint_worker = MapWorker(dict(self.cfg))
             restarted.append("joint refinement worker")
+        if self.graph.deferred is not None and not self.graph.deferred.alive:
+            self.graph.deferred.close()
+            self.graph = self._make_graph()         # a new graph: nothing pending on the old child
+            restarted.append("motion graph worker")
         if getattr(self.frontend, "alive", True) is False:
             self.frontend.close()
             self.frontend = self._make_frontend()

@@ -67,6 +67,9 @@ def extrinsic_from_params(p: dict) -> np.ndarray:
 def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     desc = ParameterDescriptor(description=f"{spec.description} Allowed: {spec.allowed()}.",
                                read_only=True)
+    if spec.bool_words():
+        # `-p pipeline_frontend_process:=on` arrives as a bool (YAML): accept it, check() maps it.
+        desc.dynamic_typing = True
     if spec.type is float and (spec.min is not None or spec.max is not None):
         desc.floating_point_range = [FloatingPointRange(
             from_value=float(-1e300 if spec.min is None else spec.min),
