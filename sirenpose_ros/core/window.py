@@ -1145,12 +1145,15 @@ class SlidingWindowEstimator:
 
     def _residuals(self, ids, xn, T_cw, p_prior) -> tuple[np.ndarray, np.ndarray]:
         """Per-track residual vector (pixels) against the static world: reprojection error for
-        tracks with a landmark, offset from the epipolar line of the last keyframe otherwise.
+        tracks with a landmark, otherwise the offset from the epipolar line of the oldest window
+        keyframe that saw the track (the widest baseline: motion along one short epipolar line
+        hides little, along the lines of the whole window less).
 
-        The epipolar offset cannot clear a track already judged dynamic: an object moving along
-        its epipolar line (e.g. parallel to the camera's translation) shows no offset at all. So
-        such tracks get no evidence (NaN: the graph keeps their probability) until they have a
-        landmark, which they get only if they stop looking dynamic."""
+        Every track gets one, also those the graph already holds dynamic (they have no landmark:
+        they are neither triangulated nor kept in the map). Without it a static track flagged
+        by mistake had no evidence left that could clear it (NaN: the graph keeps its belief),
+        and stayed flagged (multi_object: static regions flagged for tens of frames at a
+        residual of 0.2-0.6 px). ``p_prior`` is not used: the residual does not depend on it."""
         f = self._f
         res = np.full((ids.shape[0], 2), np.nan)
         k, hit = _lookup(self.lm_ids, ids)
@@ -1158,16 +1161,19 @@ class SlidingWindowEstimator:
             r = geo.reprojection_error(T_cw, self.lm_X[k[hit]], xn[hit]) * f
             r[~np.isfinite(r)] = 1e3          # behind the camera: clearly not static
             res[hit] = r
-        if self.keyframes:
-            kf = self.keyframes[-1]
+        todo = ~hit
+        for kf in self.keyframes:             # oldest first
+            if not todo.any():
+                break
             kk, seen = _lookup(kf.ids, ids)
-            seen &= ~hit
-            if seen.any():
-                T21 = T_cw @ geo.invert(kf.T_cw)
-                if np.linalg.norm(T21[:3, 3]) > 1e-9:
-                    E = geo.essential_from_pose(T21)
-                    res[seen] = geo.epipolar_offset(E, kf.xn[kk[seen]], xn[seen]) * f
-                    res[seen & (p_prior >= self.cfg.window_dynamic_threshold)] = np.nan
+            sel = seen & todo
+            if not sel.any():
+                continue
+            T21 = T_cw @ geo.invert(kf.T_cw)
+            if np.linalg.norm(T21[:3, 3]) > 1e-9:
+                E = geo.essential_from_pose(T21)
+                res[sel] = geo.epipolar_offset(E, kf.xn[kk[sel]], xn[sel]) * f
+                todo &= ~sel
         return res, hit
 
     # ------------------------------------------------------------------ keyframes and mapping
