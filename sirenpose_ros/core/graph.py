@@ -31,6 +31,7 @@ PARAMS = [
     ParamSpec("graph_decay_rate", 0.15, "Per-frame rate at which it falls back (slow: a track that was dynamic stays suspect).", 0.0, 1.0),
     ParamSpec("graph_scorer_max_hz", 30.0, "Run the motion scorer (the GNN) at most this often per second of camera time; on the frames in between each track keeps its filtered probability (new tracks: graph_prior) and the graph keeps the last scored edges among the tracks still there. The GNN's features and the recursive filter's per-frame rates (graph_rise_rate, graph_decay_rate) were trained and tuned at 30 Hz: with a 60 Hz camera, scoring every frame measured worse (scripts/accuracy_60fps.py; 3 s of large_dynamic at 60 fps: ATE 9.0 % of the path and F1 0.57 every frame, 1.8 % and 0.93 at 30; fast: 1.8 % / 0.67 against 0.4 % / 0.75) and costs twice the time. Cameras at 30 Hz or slower are scored on every frame. 0 = every frame whatever the rate. A frame counts as due when at least 0.9/rate seconds passed (camera jitter).", 0.0, 1000.0),
     ParamSpec("graph_prior", 0.1, "Dynamic probability of a keypoint with no evidence yet.", 0.0, 1.0),
+    ParamSpec("graph_static_residual_px", 1.0, "A keypoint whose static-model residual (reprojection error of its landmark, or its offset from the epipolar line of the oldest window keyframe that saw it) is below this (pixels) fits the static world: the scorer's evidence is capped at 0.5 x residual / this, so that a static region the scorer flags by mistake is cleared (multi_object seed 0: kp F1 0.567 -> 0.641; a moving point can hide only by moving along its epipolar lines). 0 = off.", 0.0, 100.0),
 ]
 
 
@@ -147,6 +148,14 @@ class KeypointGraph:
         previous = self.prior(ids)
         obs = GraphObservation(ids, px, residual_px, edges, previous)
         evidence, rigidity = self.scorer(obs)
+        if c.graph_static_residual_px > 0:
+            # The pose-based residual against the window's keyframes is the sharpest static test
+            # there is; the learned scorer weighs it with pose-free cues and its track memory,
+            # and kept flagging static tracks at 0.2-0.6 px (a flag holds itself: flagged tracks
+            # are down-weighted in its own motion fits).
+            r = np.linalg.norm(np.asarray(residual_px, np.float64).reshape(-1, 2), axis=1)
+            fits = r < c.graph_static_residual_px            # NaN: False
+            evidence = np.where(fits, np.minimum(evidence, 0.5 * r / c.graph_static_residual_px), evidence)
         known = np.isfinite(evidence)
         # A node without new evidence keeps its own belief as (weaker) evidence: it still
         # spreads within its rigid group, but static neighbours alone cannot clear a track that
