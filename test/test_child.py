@@ -197,3 +197,34 @@ def test_graph_process_auto_follows_the_frontend_process():
         pipe.close()
     assert Pipeline(make_config({"field_enabled": False}), async_mapping=True).graph.deferred is None
     assert Pipeline(make_config({**base, "pipeline_graph_process": "off"}), async_mapping=True).graph.deferred is None
+
+
+def test_the_pose_stage_does_not_wait_for_a_deferred_score():
+    """prior(wait=False) (what the pose stage asks) uses the beliefs from before a scored frame
+    while its score is still being computed, and takes the score in once it is there."""
+    from sirenpose_ros.core.graph import KeypointGraph
+
+    class SlowScorer:
+        done, alive, calls = False, True, []
+
+        def submit(self, ids, px, residual_px, previous):
+            self.calls.append(len(ids))
+
+        def ready(self):
+            return self.done
+
+        def result(self):
+            assert self.done, "waited for an unfinished score"
+            n = self.calls[-1]
+            return np.array([[0, 1]]), np.full(n, 0.9), np.ones(1)
+
+        def reset(self):
+            pass
+    cfg = make_config({"graph_scorer_max_hz": 0.0})
+    scorer = SlowScorer()
+    g = KeypointGraph(cfg, deferred=scorer)
+    ids = np.arange(5)
+    g.dynamic_probability(ids, np.random.default_rng(0).uniform(0, 100, (5, 2)), np.zeros((5, 2)), 0)
+    np.testing.assert_allclose(g.prior(ids, wait=False), cfg.graph_prior)     # not there yet
+    scorer.done = True
+    assert np.all(g.prior(ids, wait=False) > cfg.graph_prior)                 # taken in now

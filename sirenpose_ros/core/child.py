@@ -145,6 +145,11 @@ class ChildWorker:
         except OSError as exc:
             raise RuntimeError(f"{self.name} process exited ({exc})") from exc
 
+    def ready(self) -> bool:
+        """Whether the answer to the request :meth:`submit` sent has arrived (or the child
+        exited: :meth:`result` then raises)."""
+        return self._recv.poll(0) or self._proc.poll() is not None
+
     def result(self):
         """The answer to the request :meth:`submit` sent (waits for it)."""
         try:

@@ -31,6 +31,8 @@ PARAMS = [
     ParamSpec("graph_decay_rate", 0.15, "Per-frame rate at which it falls back (slow: a track that was dynamic stays suspect).", 0.0, 1.0),
     ParamSpec("graph_scorer_max_hz", 30.0, "Run the motion scorer (the GNN) at most this often per second of camera time; on the frames in between each track keeps its filtered probability (new tracks: graph_prior) and the graph keeps the last scored edges among the tracks still there. The GNN's features and the recursive filter's per-frame rates (graph_rise_rate, graph_decay_rate) were trained and tuned at 30 Hz: with a 60 Hz camera, scoring every frame measured worse (scripts/accuracy_60fps.py; 3 s of large_dynamic at 60 fps: ATE 9.0 % of the path and F1 0.57 every frame, 1.8 % and 0.93 at 30; fast: 1.8 % / 0.67 against 0.4 % / 0.75) and costs twice the time. Cameras at 30 Hz or slower are scored on every frame. 0 = every frame whatever the rate. A frame counts as due when at least 0.9/rate seconds passed (camera jitter).", 0.0, 1000.0),
     ParamSpec("graph_prior", 0.1, "Dynamic probability of a keypoint with no evidence yet.", 0.0, 1.0),
+    ParamSpec("graph_static_residual_px", 1.0, "A keypoint whose static-model residual (reprojection error of its landmark, or its offset from the epipolar line of the oldest window keyframe that saw it) stayed below this (pixels) for graph_static_residual_frames scored frames in a row fits the static world: the scorer's evidence is capped at 0.5 x residual / this, so that a static region the scorer flags by mistake is cleared (multi_object seed 0: kp F1 0.567 -> 0.642). 0 = off.", 0.0, 100.0),
+    ParamSpec("graph_static_residual_frames", 10, "Scored frames in a row a keypoint's residual must stay below graph_static_residual_px before it caps the evidence. A moving point fits the static world only while it moves along its epipolar lines, which seldom lasts: at 1 frame, points of close_object's moving box were cleared and its dense mask IoU fell from 0.65 to 0.55 (10 frames: 0.64).", 1, 1000),
 ]
 
 
@@ -136,18 +138,21 @@ class KeypointGraph:
         # Filtered probability per live track, kept sorted by id for vectorised lookup.
         self._ids = np.zeros(0, np.int64)
         self._p = np.zeros(0)
+        self._fit_frames = np.zeros(0, np.int64)   # consecutive scored frames fitting the static world
         # The last scored frame: its stamp, and its edges (as track-id pairs) with rigidity.
         self._scored_ns = None
         self._edge_ids = np.zeros((0, 2), np.int64)
         self._edge_rig = np.zeros(0)
 
-    def prior(self, ids: np.ndarray) -> np.ndarray:
+    def prior(self, ids: np.ndarray, wait: bool = True) -> np.ndarray:
         """Filtered probability of each id from earlier frames (graph_prior for new ids),
-        including a frame whose scoring was deferred (waits for it)."""
-        if self._pending is not None:
-            (p_ids, previous, stamp_ns), self._pending = self._pending, None
+        including a frame whose scoring was deferred: ``wait`` for it, or (False) only if it is
+        done already (the pose stage does not wait for the child; it then uses the beliefs from
+        before that frame, and the scores enter at the next call)."""
+        if self._pending is not None and (wait or self.deferred.ready()):
+            (p_ids, previous, p_res, stamp_ns), self._pending = self._pending, None
             edges, evidence, rigidity = self.deferred.result()
-            self._fuse(p_ids, previous, edges, evidence, rigidity, stamp_ns)
+            self._fuse(p_ids, previous, p_res, edges, evidence, rigidity, stamp_ns)
         return self._belief(ids)
 
     def _belief(self, ids: np.ndarray) -> np.ndarray:
@@ -156,6 +161,15 @@ class KeypointGraph:
             k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
             hit = self._ids[k] == ids
             out[hit] = self._p[k[hit]]
+        return out
+
+    def _fit_frames_of(self, ids: np.ndarray) -> np.ndarray:
+        """Consecutive scored frames each id has fitted the static world (0 for new ids)."""
+        out = np.zeros(ids.shape[0], np.int64)
+        if self._ids.size and ids.size:
+            k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
+            hit = self._ids[k] == ids
+            out[hit] = self._fit_frames[k[hit]]
         return out
 
     def dynamic_probability(self, ids: np.ndarray, px: np.ndarray, residual_px: np.ndarray,
@@ -171,18 +185,27 @@ class KeypointGraph:
         previous = self.prior(ids)
         if self.deferred is not None:
             self.deferred.submit(ids, px, residual_px, previous)
-            self._pending = (ids, previous, stamp_ns)
+            self._pending = (ids, previous, residual_px, stamp_ns)
             self._scored_ns = stamp_ns
             return self._carried(ids)
         edges = delaunay_edges(px, self.cfg.graph_max_edge_px)
         evidence, rigidity = self.scorer(GraphObservation(ids, px, residual_px, edges, previous))
-        return self._fuse(ids, previous, edges, evidence, rigidity, stamp_ns)
+        return self._fuse(ids, previous, residual_px, edges, evidence, rigidity, stamp_ns)
 
-    def _fuse(self, ids, previous, edges, evidence, rigidity, stamp_ns) -> GraphResult:
+    def _fuse(self, ids, previous, residual_px, edges, evidence, rigidity, stamp_ns) -> GraphResult:
         """This frame's evidence, smoothed over the graph and filtered per track, becomes the
         beliefs."""
         c = self.cfg
         n = ids.shape[0]
+        # The pose-based residual against the window's keyframes is the sharpest static test
+        # there is; the learned scorer weighs it with pose-free cues and its track memory, and
+        # kept flagging static tracks at 0.2-0.6 px (a flag holds itself: flagged tracks are
+        # down-weighted in its own motion fits). A track that keeps fitting is static.
+        r = np.linalg.norm(np.asarray(residual_px, np.float64).reshape(-1, 2), axis=1)
+        fits = r < c.graph_static_residual_px            # NaN: False
+        fit_frames = np.where(fits, self._fit_frames_of(ids) + 1, 0)
+        cap = fits & (fit_frames >= int(c.graph_static_residual_frames))
+        evidence = np.where(cap, np.minimum(evidence, 0.5 * r / max(c.graph_static_residual_px, 1e-12)), evidence)
         known = np.isfinite(evidence)
         # A node without new evidence keeps its own belief as (weaker) evidence: it still
         # spreads within its rigid group, but static neighbours alone cannot clear a track that
@@ -208,7 +231,7 @@ class KeypointGraph:
         rate = np.where(p > previous, c.graph_rise_rate, c.graph_decay_rate)
         filtered = np.clip(previous + rate * (p - previous), 0.0, 1.0)
         order = np.argsort(ids)
-        self._ids, self._p = ids[order], filtered[order]
+        self._ids, self._p, self._fit_frames = ids[order], filtered[order], fit_frames[order]
         self._scored_ns = stamp_ns
         self._edge_ids, self._edge_rig = ids[edges], rigidity
         return GraphResult(filtered, p, edges, rigidity)

@@ -49,6 +49,9 @@ class GraphScorerProcess(ChildStage):
     def result(self):
         return self._child.result()
 
+    def ready(self) -> bool:
+        return self._child.ready()
+
     def reset(self) -> None:
         self._child.call("reset")
 

@@ -413,7 +413,7 @@ class Pipeline:
         xn = cam.undistort_points(tracks.px.astype(np.float64))
         ok = np.all(np.isfinite(xn), axis=1)      # outside the lens model's valid region
         ids, px, xn = tracks.ids[ok], tracks.px[ok], xn[ok]
-        p_prior = self.graph.prior(ids)
+        p_prior = self.graph.prior(ids, wait=False)
         t_graph = time.perf_counter() - t0
         t0 = time.perf_counter()
         est = self.window.estimate_pose(frame.stamp_ns, ids, xn, p_prior, 0.5 * (cam.fx + cam.fy))

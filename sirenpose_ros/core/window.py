@@ -742,7 +742,7 @@ class SlidingWindowEstimator:
         e = np.linalg.norm(geo.reprojection_error(T_cw, self.lm_X[k[hit]], xn[hit]), axis=1) * self._f
         e = e[e < c.window_inlier_px]
         self._sigma2 = max(float(np.sum(e ** 2) / max(2 * e.size - 6, 1)), 0.05)
-        residual, has_lm = self._residuals(ids, xn, T_cw, p_prior)
+        residual, has_lm = self._residuals(ids, xn, T_cw)
         self._pending.update(T_cw=T_cw, is_init=True, reset=was_lost, message=msg)
         inliers = has_lm & (np.linalg.norm(residual, axis=1) < c.window_inlier_px)
         return PoseEstimate(TrackingState.TRACKING, geo.invert(T_cw), residual, has_lm, inliers,
@@ -1145,7 +1145,7 @@ class SlidingWindowEstimator:
         e_in = err[inl]
         self._sigma2 = max(float(np.sum(e_in ** 2) / max(2 * e_in.size - 6, 1)), 0.05)
         self._info = H
-        residual, has_lm = self._residuals(ids, xn, T, p_prior)
+        residual, has_lm = self._residuals(ids, xn, T)
         inliers = np.zeros(ids.shape[0], bool)
         inliers[np.flatnonzero(hit)[inl]] = True
         self._pending.update(T_cw=T)
@@ -1161,14 +1161,17 @@ class SlidingWindowEstimator:
         T, _ = refine_pose(T, X, x, w, self._f, c.window_huber_px, max(n // 2, 1), "huber")
         return refine_pose(T, X, x, w, self._f, c.window_huber_px, max(n - n // 2, 1), c.window_robust_loss)
 
-    def _residuals(self, ids, xn, T_cw, p_prior) -> tuple[np.ndarray, np.ndarray]:
+    def _residuals(self, ids, xn, T_cw) -> tuple[np.ndarray, np.ndarray]:
         """Per-track residual vector (pixels) against the static world: reprojection error for
-        tracks with a landmark, offset from the epipolar line of the last keyframe otherwise.
+        tracks with a landmark, otherwise the offset from the epipolar line of the oldest window
+        keyframe that saw the track (the widest baseline: motion along one short epipolar line
+        hides little, along the lines of the whole window less).
 
-        The epipolar offset cannot clear a track already judged dynamic: an object moving along
-        its epipolar line (e.g. parallel to the camera's translation) shows no offset at all. So
-        such tracks get no evidence (NaN: the graph keeps their probability) until they have a
-        landmark, which they get only if they stop looking dynamic."""
+        Every track gets one, also those the graph already holds dynamic (they have no landmark:
+        they are neither triangulated nor kept in the map). Without it a static track flagged
+        by mistake had no evidence left that could clear it (NaN: the graph keeps its belief),
+        and stayed flagged (multi_object: static regions flagged for tens of frames at a
+        residual of 0.2-0.6 px)."""
         f = self._f
         res = np.full((ids.shape[0], 2), np.nan)
         k, hit = _lookup(self.lm_ids, ids)
@@ -1176,16 +1179,19 @@ class SlidingWindowEstimator:
             r = geo.reprojection_error(T_cw, self.lm_X[k[hit]], xn[hit]) * f
             r[~np.isfinite(r)] = 1e3          # behind the camera: clearly not static
             res[hit] = r
-        if self.keyframes:
-            kf = self.keyframes[-1]
+        todo = ~hit
+        for kf in self.keyframes:             # oldest first
+            if not todo.any():
+                break
             kk, seen = _lookup(kf.ids, ids)
-            seen &= ~hit
-            if seen.any():
-                T21 = T_cw @ geo.invert(kf.T_cw)
-                if np.linalg.norm(T21[:3, 3]) > 1e-9:
-                    E = geo.essential_from_pose(T21)
-                    res[seen] = geo.epipolar_offset(E, kf.xn[kk[seen]], xn[seen]) * f
-                    res[seen & (p_prior >= self.cfg.window_dynamic_threshold)] = np.nan
+            sel = seen & todo
+            if not sel.any():
+                continue
+            T21 = T_cw @ geo.invert(kf.T_cw)
+            if np.linalg.norm(T21[:3, 3]) > 1e-9:
+                E = geo.essential_from_pose(T21)
+                res[sel] = geo.epipolar_offset(E, kf.xn[kk[sel]], xn[sel]) * f
+                todo &= ~sel
         return res, hit
 
     # ------------------------------------------------------------------ keyframes and mapping

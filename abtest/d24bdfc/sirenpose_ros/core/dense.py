@@ -1,0 +1,236 @@
+"""Stages 4-5: SIREN field fit + dense depth, and the dense cloud with the bounded voxel map
+(ROS-free).
+
+:class:`DenseStage` owns the dense state (the field and the voxel map) and turns one
+:class:`DenseInput` (plain arrays: what the pose stage knows of a frame) into one
+:class:`DenseOutput`. Because inputs and outputs are plain, the same stage runs either in the
+pipeline's process or in a child process (:class:`DenseProcess`, ``core/child.py``), where its
+Python work (field steps, rendering, back-projection, voxel fusion) no longer holds the GIL
+against the pose stage. One code path computes the output in both places.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from sirenpose_ros.core import cloud as cloud_mod
+from sirenpose_ros.core import field as field_mod
+from sirenpose_ros.core.camera import CameraModel
+from sirenpose_ros.core.child import ChildWorker, serve
+from sirenpose_ros.core.types import Cloud
+
+
+@dataclass
+class DenseInput:
+    """One tracked frame, as the dense stage needs it."""
+    stamp_ns: int
+    world: int                   # the pose stage's map generation: a new one resets dense state
+    cam: CameraModel             # camera at the processing resolution
+    input_width: int             # width of the input image (depth pixel -> input pixel scale)
+    xn: np.ndarray               # (N, 2) undistorted normalised keypoint coordinates
+    p_dyn: np.ndarray            # (N,) dynamic probability
+    velocity: np.ndarray         # (N, 3) float32 world velocity per keypoint (0 = static)
+    landmark_depth: np.ndarray   # (N,) depth of each keypoint's landmark, NaN = none
+    T_world_cam: np.ndarray      # (4, 4)
+    is_keyframe: bool
+    rgb_small: np.ndarray | None  # colour on the cloud grid (h, w, 3), or None
+    far: np.ndarray | None = None  # (N,) inverse-depth upper bound ("at least this far") of
+                                   # untriangulated tracks (SlidingWindowEstimator.far_bounds)
+
+
+@dataclass
+class DenseOutput:
+    depth: np.ndarray            # (h, w) float32, NaN = unknown
+    depth_scale: float           # depth pixel -> input pixel
+    dynamic_map: np.ndarray | None
+    cloud: Cloud | None
+    map_cloud: Cloud | None      # the fused static map (keyframes only)
+    timings_ms: dict
+
+
+def cloud_grid(cam: CameraModel, cfg) -> tuple[int, int]:
+    """(h, w) of the dense depth and cloud for a processing camera."""
+    ds = int(cfg.cloud_downsample)
+    return max(2, cam.height // ds), max(2, cam.width // ds)
+
+
+def small_rgb(rgb: np.ndarray | None, cam: CameraModel, cfg) -> np.ndarray | None:
+    """The frame's colour on the cloud grid. Area averaging (cv2.resize grid); it differs from
+    the field's corner-aligned grid by under half a small pixel, which only matters for colour at
+    depth edges."""
+    if rgb is None or not cfg.cloud_enabled:
+        return None
+    h, w = cloud_grid(cam, cfg)
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+
+
+class DenseStage:
+    """The field, the voxel map and what turns a :class:`DenseInput` into a :class:`DenseOutput`."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.field = field_mod.DepthFieldEstimator(cfg)
+        self.voxels = cloud_mod.VoxelMap(cfg)
+        self.world = None
+
+    @property
+    def device_type(self) -> str:
+        return self.field.device.type
+
+    def reset(self) -> None:
+        self.field.reset()
+        self.voxels.clear()
+
+    def frozen_field(self):
+        """A read-only copy of the field for the joint refinement in another process, or None
+        while it is not fitted."""
+        return field_mod.FrozenField(self.field) if self.field.fitted else None
+
+    def run(self, job: DenseInput) -> DenseOutput | None:
+        """Field update + render and the cloud for one frame; None while there is nothing to fit
+        (no landmark depth yet and an empty field)."""
+        if job.world != self.world:
+            self.reset()
+            self.world = job.world
+        if not (np.any(np.isfinite(job.landmark_depth)) or self.field.fitted):
+            return None
+        cfg = self.cfg
+        cam = job.cam
+        W, H = cam.width, cam.height
+        timings = {}
+        t0 = time.perf_counter()
+        time_s = job.stamp_ns * 1e-9
+        depth, xn, p_dyn, far = job.landmark_depth, job.xn, job.p_dyn, job.far
+        have = np.isfinite(depth) & (depth > 0)
+        inv = np.where(have, 1.0 / np.where(have, depth, 1.0), np.nan)
+        xs, invs, ws = [xn[have]], [inv[have]], [1.0 - p_dyn[have]]
+        kind = [np.zeros(int(have.sum()), bool)]
+        if far is not None:
+            # Untriangulated static tracks: "at least this far" from their parallax (see
+            # SlidingWindowEstimator.far_bounds), one-sided samples for the field. Only tracks
+            # the window would triangulate (not flagged dynamic): a moving point's parallax says
+            # nothing about its depth (one moving along with the camera shows none and would
+            # push the field far).
+            sel = ~have & (p_dyn < cfg.window_dynamic_threshold) & np.isfinite(far) & (far > 0)
+            xs.append(xn[sel])
+            invs.append(far[sel])
+            ws.append(1.0 - p_dyn[sel])
+            kind.append(np.ones(int(sel.sum()), bool))
+        xs, invs, kind = np.concatenate(xs), np.concatenate(invs), np.concatenate(kind)
+        # Undistorted pixel positions (pinhole) in the working image, normalised to [-1, 1].
+        u = cam.fx * xs[:, 0] + cam.cx
+        v = cam.fy * xs[:, 1] + cam.cy
+        uv_norm = np.stack([2.0 * u / (W - 1) - 1.0, 2.0 * v / (H - 1) - 1.0], axis=1).astype(np.float32)
+        self.field.update(time_s, uv_norm, invs.astype(np.float32),
+                          np.clip(np.concatenate(ws), 0.0, 1.0).astype(np.float32), bound=kind)
+        h, w = cloud_grid(cam, cfg)
+        inv = self.field.render(time_s, h, w)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dense_depth = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
+        dense_kp = None
+        if cfg.field_upright_occluder:
+            # Moving objects have no keypoint depth: the field shows the background they hide.
+            # Upright objects are in front of the floor hidden behind their lowest pixels.
+            dyn, dense_kp = self._keypoint_values(job, h, w)
+            dense_depth = field_mod.upright_occluder_bound(dense_depth,
+                                                           dyn > cfg.field_upright_threshold)
+        if cfg.field_occluder_bound:
+            # Moving objects have no keypoint depth: the field shows the background behind
+            # them. They occlude that background, so cap them at the depth around them.
+            if dense_kp is None:
+                dyn, dense_kp = self._keypoint_values(job, h, w)
+            dense_depth = field_mod.occluder_depth_bound(
+                dense_depth, dyn > cfg.cloud_dynamic_threshold, cfg.field_occluder_percentile,
+                cfg.field_occluder_rim_px * (w - 1) / (W - 1))
+        timings["field"] = (time.perf_counter() - t0) * 1e3
+        out = DenseOutput(dense_depth, job.input_width / w, None, None, None, timings)
+        if not cfg.cloud_enabled:
+            return out
+        t0 = time.perf_counter()
+        # The field's grid is corner-aligned (small pixel j at working pixel j (W-1)/(w-1)) and
+        # lives in undistorted pinhole coordinates: back-project with the matching pinhole K.
+        K_small = cloud_mod.scale_intrinsics(cam.K, (H, W), (h, w))
+        if dense_kp is None:
+            dyn, dense_kp = self._keypoint_values(job, h, w)
+        out.dynamic_map = dyn
+        # backproject() turns the NaN velocity of pixels far from every keypoint into 0.
+        out.cloud = cloud_mod.backproject(dense_depth, K_small, job.T_world_cam, job.rgb_small, dyn,
+                                          dense_kp[..., 1:], max_depth=cfg.cloud_max_depth)
+        if job.is_keyframe:
+            self.voxels.insert(out.cloud)          # fuses only points below cloud_dynamic_threshold
+            out.map_cloud = self.voxels.cloud()
+        timings["cloud"] = (time.perf_counter() - t0) * 1e3
+        return out
+
+    def _keypoint_values(self, job: DenseInput, h: int, w: int):
+        """Dense (h, w) dynamic probability and (h, w, 4) [p, velocity] on the field's corner-
+        aligned grid: per keypoint its dynamic probability and world velocity, spread by
+        nearest keypoint."""
+        cam = job.cam
+        W, H = cam.width, cam.height
+        u = (cam.fx * job.xn[:, 0] + cam.cx) * (w - 1) / (W - 1)
+        v = (cam.fy * job.xn[:, 1] + cam.cy) * (h - 1) / (H - 1)
+        radius = self.cfg.pipeline_dynamic_radius_px * (w - 1) / (W - 1)
+        values = np.column_stack([job.p_dyn.astype(np.float32), job.velocity])
+        dense_kp = cloud_mod.densify_keypoint_values(np.stack([u, v], axis=1), values, h, w, radius)
+        dyn = np.where(np.isfinite(dense_kp[..., 0]), dense_kp[..., 0],
+                       self.cfg.graph_prior).astype(np.float32)
+        return dyn, dense_kp
+
+
+def _make_handler(cfg_values: dict):
+    from sirenpose_ros.core.config import make_config
+    from sirenpose_ros.core.pipeline import apply_thread_limits
+
+    cfg = make_config(cfg_values)
+    apply_thread_limits(cfg)
+    stage = DenseStage(cfg)
+
+    def handle(msg):
+        if msg[0] == "run":
+            return stage.run(msg[1])
+        if msg[0] == "reset":
+            return stage.reset()
+        if msg[0] == "frozen":
+            return stage.frozen_field()
+        raise ValueError(f"unknown request {msg[0]!r}")
+    return handle, stage.device_type
+
+
+class DenseProcess:
+    """A :class:`DenseStage` in a child process, behind the same calls. The dense thread and the
+    map thread (frozen field for the joint refinement) both use it: one request at a time."""
+
+    def __init__(self, cfg_values: dict, start_timeout_s: float = 180.0):
+        self._child = ChildWorker("sirenpose_ros.core.dense", dict(cfg_values), "dense worker",
+                                  start_timeout_s)
+        self._lock = threading.Lock()
+        self.device_type = self._child.info
+        self.pid = self._child.pid
+
+    def _call(self, *msg):
+        with self._lock:
+            return self._child.call(*msg)
+
+    def run(self, job: DenseInput) -> DenseOutput | None:
+        return self._call("run", job)
+
+    def reset(self) -> None:
+        self._call("reset")
+
+    def frozen_field(self):
+        return self._call("frozen")
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._child.close(timeout)
+
+
+if __name__ == "__main__":
+    # The handler of the importable module, not of ``__main__``: what it returns is pickled by
+    # class path, and the parent knows these classes as sirenpose_ros.core.dense.*.
+    from sirenpose_ros.core.dense import _make_handler as handler
+    serve(handler)
