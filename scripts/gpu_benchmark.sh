@@ -9,9 +9,10 @@
 #                 micro-benchmark (scripts/gpu_frontend_bench.py)
 #   stage=staged-proc: the learned frontend in a child process vs on the caller's thread
 #   stage=rt60: the real-time target (60 Hz camera, learned frontend, dense clouds); rt60b: ablations;
-#   rt60c: run 8 (TF before the motion graph, joint refinement apart from keyframe insertion)
+#   rt60c: run 8 (TF before the motion graph, joint refinement apart from keyframe insertion);
+#   rt60d: run 9 (motion graph scorer in its own process)
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c [commit]}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d [commit]}"
 commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -46,19 +47,24 @@ elif [ "$stage" = staged-xfeat ]; then
         --json "$OUT/gpu_xfeat_lg_staged_30hz.json"
   bench --size 640x480 --label gpu-xfeat-lg-dense-staged-60hz $x --param gnn_device:=cuda --camera-rate 60 \
         --json "$OUT/gpu_xfeat_lg_staged_60hz.json"
-elif [ "$stage" = rt60c ]; then
+elif [ "$stage" = rt60c ] || [ "$stage" = rt60d ]; then
   # Run 8: TF before the motion graph, the joint refinement on its own thread/process; defaults
   # (the 30 Hz rates are the defaults now). The 60 Hz camera runs twice: its p99 moves by
   # several ms between runs on this host.
+  # rt60d: run 9, the same after the motion graph's scorer got its own process (one run with it
+  # on the pose thread for comparison on the same machine).
   x="--staged --fps 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda"
-  bench --size 640x480,1280x720 --label xfeat-60fps $x --json "$OUT/rt8_x.json"
-  bench --size 640x480,1280x720 --label xfeat-60fps-cam60 $x --camera-rate 60 --json "$OUT/rt8_x_cam60.json"
-  bench --size 640x480,1280x720 --label xfeat-60fps-cam60-repeat $x --camera-rate 60 --json "$OUT/rt8_x_cam60_repeat.json"
+  n=$([ "$stage" = rt60c ] && echo rt8 || echo rt9)
+  bench --size 640x480,1280x720 --label xfeat-60fps $x --json "$OUT/${n}_x.json"
+  bench --size 640x480,1280x720 --label xfeat-60fps-cam60 $x --camera-rate 60 --json "$OUT/${n}_x_cam60.json"
+  bench --size 640x480,1280x720 --label xfeat-60fps-cam60-repeat $x --camera-rate 60 --json "$OUT/${n}_x_cam60_repeat.json"
+  [ "$stage" = rt60d ] && bench --size 640x480 --label xfeat-60fps-cam60-graph-on-pose-thread $x --camera-rate 60 \
+        --param pipeline_graph_process:=off --json "$OUT/${n}_x_cam60_graphoff.json"
   bench --size 640x480 --label klt-60fps-cam60 --staged --fps 60 --param field_device:=cuda \
-        --camera-rate 60 --json "$OUT/rt8_k_cam60.json"
+        --camera-rate 60 --json "$OUT/${n}_k_cam60.json"
   bench --size 640x480 --fps 60 --label hostcpu-xfeat-60fps-sequential --param pipeline_frontend:=xfeat \
         --param xfeat_device:=cpu --param field_device:=cpu --frames 120 --warmup 10 \
-        --json "$OUT/rt8_cpu_ref.json"
+        --json "$OUT/${n}_cpu_ref.json"
 elif [ "$stage" = rt60 ] || [ "$stage" = rt60b ]; then
   # The real-time target: a 60 Hz camera (sequence rendered at 60 fps), learned frontend, dense
   # clouds, with the defaults on CUDA (frontend and dense stage in their own processes, frontend
