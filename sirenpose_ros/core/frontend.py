@@ -57,6 +57,21 @@ class Frontend(Protocol):
     def track(self, gray: np.ndarray) -> Tracks: ...
 
 
+def structure_tensor_at(gray: np.ndarray, px: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """(N, 3) image structure tensor [Sxx, Sxy, Syy] (Sobel gradients summed over a box
+    ``window`` (width, height)) of ``gray`` at the pixel positions ``px`` (N, 2), nearest pixel.
+    Computed over the whole image in OpenCV, which releases the GIL (callers run it beside the
+    pose stage), then sampled."""
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+    S = cv2.boxFilter(cv2.merge([cv2.multiply(gx, gx), cv2.multiply(gx, gy), cv2.multiply(gy, gy)]),
+                      -1, tuple(window))
+    h, w = gray.shape
+    c = np.clip(np.rint(px[:, 0]).astype(np.int64), 0, w - 1)
+    r = np.clip(np.rint(px[:, 1]).astype(np.int64), 0, h - 1)
+    return S[r, c].astype(np.float64)
+
+
 class KLTFrontend:
     """Shi-Tomasi corners tracked by pyramidal Lucas-Kanade with a forward-backward check."""
 
@@ -114,16 +129,8 @@ class KLTFrontend:
     def _isotropic(self, gray: np.ndarray, pts: np.ndarray) -> np.ndarray:
         """(N,) bool: the KLT window at each point ``pts`` (N, 2) has a gradient matrix with
         smallest / largest eigenvalue >= ``frontend_min_isotropy`` (a ratio: the image's scale
-        does not matter). Sobel + box filter over the whole image in OpenCV, sampled at the
-        points; it runs only on low-texture frames (see _detect)."""
-        gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-        S = cv2.boxFilter(cv2.merge([cv2.multiply(gx, gx), cv2.multiply(gx, gy), cv2.multiply(gy, gy)]),
-                          -1, self._win)
-        h, w = gray.shape
-        c = np.clip(np.rint(pts[:, 0]).astype(np.int64), 0, w - 1)
-        r = np.clip(np.rint(pts[:, 1]).astype(np.int64), 0, h - 1)
-        s = S[r, c].astype(np.float64)
+        does not matter). It runs only on low-texture frames (see _detect)."""
+        s = structure_tensor_at(gray, pts, self._win)
         half = 0.5 * (s[:, 0] + s[:, 2])
         d = np.sqrt(np.maximum(half * half - (s[:, 0] * s[:, 2] - s[:, 1] ** 2), 0.0))
         return (half - d) >= self.cfg.frontend_min_isotropy * np.maximum(half + d, 1e-30)

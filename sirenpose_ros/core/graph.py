@@ -155,22 +155,18 @@ class KeypointGraph:
             self._fuse(p_ids, previous, p_res, edges, evidence, rigidity, stamp_ns)
         return self._belief(ids)
 
-    def _belief(self, ids: np.ndarray) -> np.ndarray:
-        out = np.full(ids.shape[0], float(self.cfg.graph_prior))
+    def _by_id(self, values: np.ndarray, ids: np.ndarray, default) -> np.ndarray:
+        """``values`` (one per track in ``self._ids``) looked up for ``ids``; ``default`` for
+        ids without one."""
+        out = np.full(ids.shape[0], default, values.dtype)
         if self._ids.size and ids.size:
             k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
             hit = self._ids[k] == ids
-            out[hit] = self._p[k[hit]]
+            out[hit] = values[k[hit]]
         return out
 
-    def _fit_frames_of(self, ids: np.ndarray) -> np.ndarray:
-        """Consecutive scored frames each id has fitted the static world (0 for new ids)."""
-        out = np.zeros(ids.shape[0], np.int64)
-        if self._ids.size and ids.size:
-            k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
-            hit = self._ids[k] == ids
-            out[hit] = self._fit_frames[k[hit]]
-        return out
+    def _belief(self, ids: np.ndarray) -> np.ndarray:
+        return self._by_id(self._p, ids, float(self.cfg.graph_prior))
 
     def dynamic_probability(self, ids: np.ndarray, px: np.ndarray, residual_px: np.ndarray,
                             stamp_ns: int | None = None) -> GraphResult:
@@ -203,7 +199,7 @@ class KeypointGraph:
         # down-weighted in its own motion fits). A track that keeps fitting is static.
         r = np.linalg.norm(np.asarray(residual_px, np.float64).reshape(-1, 2), axis=1)
         fits = r < c.graph_static_residual_px            # NaN: False
-        fit_frames = np.where(fits, self._fit_frames_of(ids) + 1, 0)
+        fit_frames = np.where(fits, self._by_id(self._fit_frames, ids, 0) + 1, 0)
         cap = fits & (fit_frames >= int(c.graph_static_residual_frames))
         evidence = np.where(cap, np.minimum(evidence, 0.5 * r / max(c.graph_static_residual_px, 1e-12)), evidence)
         known = np.isfinite(evidence)

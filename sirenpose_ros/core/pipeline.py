@@ -44,7 +44,7 @@ from sirenpose_ros.core import cloud as cloud_mod
 from sirenpose_ros.core import field as field_mod
 from sirenpose_ros.core.dense import DenseInput, DenseProcess, DenseStage, small_rgb
 from sirenpose_ros.core.config import Config, make_config
-from sirenpose_ros.core.frontend import KLTFrontend
+from sirenpose_ros.core.frontend import KLTFrontend, structure_tensor_at
 from sirenpose_ros.core.graph import KeypointGraph
 from sirenpose_ros.core.joint import JointWindowRefiner, apply_to_window, snapshot_from_window, warm_start
 from sirenpose_ros.core.map_worker import MapWorker, refines_in_child
@@ -479,19 +479,11 @@ class Pipeline:
                                           cfg.field_far_bound_min_texture)
 
     def _structure_at(self, gray: np.ndarray, cam, px: np.ndarray) -> np.ndarray:
-        """(N, 3) image structure tensor [Sxx, Sxy, Syy] (box window of about a KLT patch) of the
-        working-size image at the (working-pixel) positions ``px``."""
+        """(N, 3) image structure tensor (box window of about a KLT patch) of the working-size
+        image at the (working-pixel) positions ``px``."""
         if gray.shape[1] != cam.width or gray.shape[0] != cam.height:
             gray = cv2.resize(gray, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
-        # All in OpenCV (which releases the GIL): this runs on the dense thread beside the pose
-        # stage. The same values as NumPy products + dstack, bit for bit.
-        gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-        S = cv2.boxFilter(cv2.merge([cv2.multiply(gx, gx), cv2.multiply(gx, gy), cv2.multiply(gy, gy)]),
-                          -1, (9, 9))
-        c = np.clip(np.rint(px[:, 0]).astype(np.int64), 0, cam.width - 1)
-        r = np.clip(np.rint(px[:, 1]).astype(np.int64), 0, cam.height - 1)
-        return S[r, c].astype(np.float64)
+        return structure_tensor_at(gray, px, (9, 9))
 
     def _joint_refine(self, g, ids: np.ndarray, cam) -> None:
         """SirenPose joint refinement of the window (keyframes only): poses, landmarks and the
