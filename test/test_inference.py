@@ -724,6 +724,49 @@ def test_frontend_on_cuda_graphs_tracks_like_cpu():
         assert abs(int((a.age > 0).sum()) - int((b.age > 0).sum())) <= 0.05 * len(a)
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("matcher", ["lighterglue", "mnn"])
+def test_frontend_frame_graph_tracks_like_eager_cuda_and_never_waits(matcher):
+    """The whole frame as one CUDA graph gives the eager CUDA frontend's tracks (same kernels,
+    same inputs: identical up to atomics' order), through a reset and a blank frame; a replay
+    only queues work (the sync debug mode raises on any host wait before the tracks' copy)."""
+    import cv2
+    import numpy as np
+    from sirenpose_ros.core import xfeat_frontend as xf
+    from sirenpose_ros.core.config import Config
+    from sirenpose_ros.core.params import validate
+    from sirenpose_ros.synth.sequence import render_sequence
+    _learned()
+    seq = render_sequence("easy", seed=0, n_frames=6, width=320, height=240)
+    grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in seq.rgb]
+    mk = lambda graph: xf.XFeatFrontend(Config(validate(xf.PARAMS, {
+        "xfeat_device": "cuda", "xfeat_backend": "auto", "xfeat_top_k": 256, "xfeat_matcher": matcher,
+        "xfeat_cuda_graph": graph})))
+    eager, graphed = mk(False), mk(True)
+    assert graphed.frame_graph and not eager.frame_graph
+    assert all(r.backend == "torch-cuda" for r in graphed.runners)
+    frames = grays[:4] + [np.zeros_like(grays[0])] + grays[4:]
+    for rnd in range(2):
+        for g in frames:
+            a, b = eager.track(g), graphed.track(g)
+            assert len(a) == len(b)
+            d = np.linalg.norm(a.px[:, None] - b.px[None], axis=2).min(1) if len(a) else np.zeros(0)
+            assert np.mean(d < 1e-3) >= 0.99 if len(a) else True
+            assert abs(int((a.age > 0).sum()) - int((b.age > 0).sum())) <= 0.01 * max(1, len(a))
+        eager.reset(), graphed.reset()
+    assert len(graphed._graphs) >= 1
+    graphed.track(grays[0]), graphed.track(grays[1])
+    det = graphed._detector(grays[2].shape)
+    det.upload(grays[2])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = graphed._device_step(det, True)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert out.is_cuda and int(out[-2]) > 128       # most tracks continue on the next frame
+
+
 def test_export_tool_lists_masked_lighterglue_per_top_k():
     _learned()
     from sirenpose_ros.tools.export_models import known_specs

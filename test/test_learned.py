@@ -193,7 +193,8 @@ def test_keypoints_inside_subpixel_normalised_and_spread(detector, grays):
 def _spread_over_all_candidates(detector, gray, k, grid, threshold=0.05, r=2, border=4):
     """Reference detection: every NMS peak is a candidate (found with nonzero), spread by
     select_spread over all of them; returns the selected integer network pixels (u, v) in order."""
-    feats, logits, rel = detector.runner(detector.preprocess(gray))
+    detector.upload(gray)
+    feats, logits, rel = detector.runner(detector.network_input())
     w, h = detector.net_size
     heat = torch.nn.functional.pixel_shuffle(torch.softmax(logits, 1)[:, :64], 8)[0, 0]
     cand = (heat == learned.max_filter(heat, r)) & (heat > threshold)
@@ -403,9 +404,56 @@ def test_fixed_size_tracks_equal_the_variable_size_reference(grays, matcher, par
         ids, px, age = ref.track(g)
         assert np.array_equal(t.ids, ids) and np.array_equal(t.age, age)
         assert np.allclose(t.px, px, atol=1e-5)
-    assert fe._next_id == ref.next_id and fe._pool_count == len(ref.ids)
+    assert int(fe._next_id) == ref.next_id and fe._pool_count == len(ref.ids)
     assert ref.next_id > cfg["xfeat_top_k"]          # new tracks were started after frame 0
     assert ref.truncated > 0 or not cut
+
+
+class _ReplayedStep:
+    """CPU stand-in for a captured frame graph: it keeps the step function it was built with
+    and calls exactly that one again on every replay (a CUDA graph replays its capture)."""
+    built = 0
+
+    def __init__(self, step):
+        type(self).built += 1
+        self.step = step
+        self.out = None
+
+    def replay(self):
+        self.out = self.step()
+        return self.out
+
+
+@pytest.mark.parametrize("matcher", ["lighterglue", "mnn"])
+def test_frame_graph_steps_track_like_eager_steps(grays, matcher, monkeypatch):
+    """With the frame graph on, matching runs on every pool row (the host-known count of valid
+    rows cannot be part of a graph); the masked padding must leave the tracks unchanged. A graph
+    is built per (size, have_pool) after two eager runs, survives reset (its buffers are kept)
+    and is dropped with a new image size."""
+    cfg = dict(xfeat_top_k=64, xfeat_matcher=matcher)
+    eager, graphed = xf.XFeatFrontend(_cfg(**cfg)), xf.XFeatFrontend(_cfg(**cfg))
+    monkeypatch.setattr(xf, "_FrameGraph", _ReplayedStep)
+    monkeypatch.setattr(_ReplayedStep, "built", 0)
+    graphed._want_frame_graph = True            # the CPU runners count as capturable here
+    monkeypatch.setattr(xf.XFeatFrontend, "frame_graph", property(lambda self: self._want_frame_graph))
+    blank = np.zeros_like(grays[0])
+    frames = [grays[0], grays[1], grays[2], blank, grays[3], grays[4], grays[5]]
+    pools = []
+    for g in frames:
+        a, b = eager.track(g), graphed.track(g)
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.age, b.age) and np.allclose(a.px, b.px)
+        pools.append(graphed._pool.px)
+    # Frames 1 and 2 run eagerly with a pool, the step is built on frame 3 (the blank frame still
+    # has a pool: the last frame's tracks) and replayed after; the pool buffers are never replaced.
+    assert _ReplayedStep.built == 1 and all(p is pools[0] for p in pools)
+    eager.reset(), graphed.reset()
+    for g in grays[:3]:
+        a, b = eager.track(g), graphed.track(g)
+        assert np.array_equal(a.ids, b.ids) and a.ids.min() == 0
+    assert _ReplayedStep.built == 1 and graphed._pool.px is pools[0]
+    small = cv2.resize(grays[0], (W // 2, H // 2), interpolation=cv2.INTER_AREA)
+    graphed.track(small)
+    assert not graphed._graphs and graphed._pool.px is not pools[0]
 
 
 # ----------------------------------------------------------------------------- measurements

@@ -1,6 +1,7 @@
 """scripts/gpu_frontend_bench.py runs end to end (CPU, tiny sizes) and writes its JSON."""
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,4 +26,4 @@ def test_frontend_bench_runs_on_cpu(tmp_path, capsys):
         for stage in ("detect", "match", "track"):
             assert r[stage]["n"] == 2 and 0 < r[stage]["median"] <= r[stage]["max"]
         assert r["tracks_per_frame"] == 32 and r["continued_per_frame"] > 0
-    assert "torch-cudagraph  skipped" in capsys.readouterr().out
+    assert re.search(r"torch-cudagraph +skipped", capsys.readouterr().out)

@@ -551,10 +551,12 @@ class XFeatDetector:
             self._inner[border] = inner
         return self._inner[border]
 
-    @torch.inference_mode()
-    def preprocess(self, gray: np.ndarray) -> torch.Tensor:
-        """HxW uint8 -> (1, 1, h, w) float32 in [0, 1] at the network size (area-averaged when
-        shrinking, so the network sees no aliasing). The device copy goes into one buffer."""
+    def upload(self, gray: np.ndarray) -> None:
+        """Put an HxW uint8 image into the detector's device buffer at the network size
+        (area-averaged when shrinking, so the network sees no aliasing). Host work and one
+        asynchronous copy: it stays outside a captured frame graph, which reads the buffer."""
+        if (gray.shape[1], gray.shape[0]) != self.image_size:
+            raise ValueError(f"detector built for {self.image_size} images, got {gray.shape[::-1]}")
         w, h = self.net_size
         if gray.shape[1] != w or gray.shape[0] != h:
             shrink = gray.shape[1] > w
@@ -567,15 +569,24 @@ class XFeatDetector:
             self._staging.numpy()[...] = gray
             self._gray.copy_(self._staging, non_blocking=True)
             self._uploaded.record()
+
+    def network_input(self) -> torch.Tensor:
+        """The uploaded image as the network takes it: (1, 1, h, w) float32 in [0, 1]."""
         return (self._gray.float() * (1.0 / 255.0))[None, None]
 
     @torch.inference_mode()
     def detect(self, gray: np.ndarray, top_k: int, threshold: float = 0.05, nms_radius: int = 2,
                border: int = 4, grid: tuple[int, int] = (8, 6), subpixel: bool = True) -> Keypoints:
         """``top_k`` rows; ``valid`` marks the keypoints found (fewer on textureless images)."""
-        if (gray.shape[1], gray.shape[0]) != self.image_size:
-            raise ValueError(f"detector built for {self.image_size} images, got {gray.shape[::-1]}")
-        feats, logits, reliability = self.runner(self.preprocess(gray))
+        self.upload(gray)
+        return self.detect_uploaded(top_k, threshold, nms_radius, border, grid, subpixel)
+
+    @torch.inference_mode()
+    def detect_uploaded(self, top_k: int, threshold: float = 0.05, nms_radius: int = 2, border: int = 4,
+                        grid: tuple[int, int] = (8, 6), subpixel: bool = True) -> Keypoints:
+        """:meth:`detect` on the image last given to :meth:`upload`: device work only, with
+        shapes fixed by the arguments, so a frame graph can capture it."""
+        feats, logits, reliability = self.runner(self.network_input())
         w, h = self.net_size
         # 64 cell positions + dustbin -> full-resolution detection probability.
         heat = F.pixel_shuffle(torch.softmax(logits.float(), 1)[:, :CELL * CELL], CELL)[0, 0]   # (h, w)

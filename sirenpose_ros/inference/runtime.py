@@ -130,21 +130,25 @@ BACKENDS: dict[str, Callable[..., ModelRunner]] = {
 }
 
 
-def auto_order(spec: ModelSpec, device: str) -> tuple[str, ...]:
+def auto_order(spec: ModelSpec, device: str, in_caller_graph: bool = False) -> tuple[str, ...]:
     """Backends ``auto`` tries, best first. CUDA graphs only pay off (and only work) when every
-    input has a fixed shape, so specs with dynamic axes skip them."""
+    input has a fixed shape, so specs with dynamic axes skip them. ``in_caller_graph``: the
+    caller captures its calls to the runner inside a CUDA graph of its own (with the pre- and
+    post-processing around them), which wants the plain torch module: a runner that replays a
+    graph of its own cannot be captured inside another."""
     if device == "cuda":
-        static = not spec.dynamic_axes
+        static = not spec.dynamic_axes and not in_caller_graph
         return ("tensorrt", "torch-cudagraph", "torch") if static else ("tensorrt", "torch")
     return ("onnxruntime", "torch")
 
 
 def make_runner(spec: ModelSpec, backend: str = "auto", device: str = "auto",
-                cache_dir=None, **options) -> ModelRunner:
+                cache_dir=None, in_caller_graph: bool = False, **options) -> ModelRunner:
     """``backend`` in {"auto", "torch", "torch-cudagraph", "onnxruntime", "tensorrt"}; ``auto``
     picks TensorRT, then torch with CUDA graphs (static shapes), then torch on CUDA; on the CPU
     ONNX Runtime, then torch. The choice, and why better backends were skipped, is logged.
-    ``options`` go to the backend factory (e.g. ``precision="fp16"`` for TensorRT)."""
+    ``in_caller_graph``: see :func:`auto_order`. ``options`` go to the backend factory (e.g.
+    ``precision="fp16"`` for TensorRT)."""
     device_why = f"device '{device}' requested"
     if device == "auto":
         device = "cuda" if cuda_available() else "cpu"
@@ -155,7 +159,8 @@ def make_runner(spec: ModelSpec, backend: str = "auto", device: str = "auto",
                              f"known: {sorted(BACKENDS)}")
         return BACKENDS[backend](spec, device, cache_dir, **options)
     errors = []
-    for name in auto_order(spec, device):
+    order = auto_order(spec, device, in_caller_graph)
+    for name in order:
         if name not in BACKENDS:
             errors.append(f"{name}: not registered")
             continue
@@ -167,7 +172,7 @@ def make_runner(spec: ModelSpec, backend: str = "auto", device: str = "auto",
                 log.warning("inference: %s failed on %s for %s: %s", name, device, spec.name, exc)
             continue
         log.info("inference: %s runs on %s (%s; first available of %s)%s", spec.name,
-                 runner.backend, device_why, "/".join(auto_order(spec, device)),
+                 runner.backend, device_why, "/".join(order),
                  f"; skipped {'; '.join(errors)}" if errors else "")
         return runner
     raise RuntimeError(f"no inference backend could run {spec.name}: {'; '.join(errors)}")
