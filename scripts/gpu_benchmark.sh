@@ -63,6 +63,16 @@ elif [ "$stage" = rt60e ]; then
             --json "$OUT/rt10_x_cam60_${fg}_r$r.json"
     done
   done
+elif [ "$stage" = rt60e-diag ]; then
+  # Run 10's diagnosis: the frontend's GPU time by kernel, and the 60 Hz camera with the frame
+  # graph on/off, with and without the dense stage (its GPU work shares the device).
+  python3 scripts/profile_frontend.py --size 640x480 --top-k 512 2>&1 | head -45
+  x="--staged --fps 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --camera-rate 60"
+  for fg in true false; do
+    bench --size 640x480 --label cam60-framegraph-$fg $x --param xfeat_cuda_graph:=$fg --json "$OUT/rt10d_fg_$fg.json"
+    bench --size 640x480 --label cam60-framegraph-$fg-nofield $x --param xfeat_cuda_graph:=$fg --param field_enabled:=false \
+          --json "$OUT/rt10d_fg_${fg}_nofield.json"
+  done
 elif [ "$stage" = rt60c ] || [ "$stage" = rt60d ]; then
   # Run 8: TF before the motion graph, the joint refinement on its own thread/process; defaults
   # (the 30 Hz rates are the defaults now). The 60 Hz camera runs twice: its p99 moves by

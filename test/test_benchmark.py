@@ -175,5 +175,8 @@ def test_staged_mode_measures_every_frame_through_the_stages(run_doc, rate):
         assert r["frames_dropped"] == 0
     assert r["latency_ms"]["pose"]["n"] == r["measured"] and r["fps"] > 0
     assert "frontend" in r["stages_ms"] and "graph" in r["stages_ms"]
+    pf = r["per_frame"]
+    assert len(pf["index"]) == len(pf["tf_ms"]) == len(pf["frontend_ms"]) == r["measured"]
+    assert max(pf["tf_ms"]) == pytest.approx(r["latency_ms"]["pose"]["max"], abs=0.01)
     text = B.render_markdown([json.loads((out / "s.json").read_text())])
     assert "| tiny-staged |" in text and "Staged runs" in text

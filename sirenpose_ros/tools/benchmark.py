@@ -613,6 +613,12 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
                            "keyframe": bool(pose_rows[i][1].is_keyframe),
                            "timings_ms": {k: round(v, 2) for k, v in pose_rows[i][1].timings_ms.items()}}
                           for i in sorted(measured, key=lambda i: tf_times[i] - offered[i])[-6:]],
+        # Per measured frame, to see when the tail happens (initialisation, keyframes, clouds).
+        "per_frame": {"index": measured,
+                      "tf_ms": [round((tf_times[i] - offered[i]) * 1e3, 2) for i in measured],
+                      **{f"{k}_ms": [round(pose_rows[i][1].timings_ms.get(k, 0.0), 2) for i in measured]
+                         for k in ("frontend", "window", "field")},
+                      "keyframe": [bool(pose_rows[i][1].is_keyframe) for i in measured]},
         "tracking": _tracking_summary(pose_stamps, poses, gt, n_frames),
         "load_avg_start": load_start, "load_avg_end": load_average(),
     }
