@@ -14,8 +14,10 @@
 #   rt60e: run 10 (the learned frontend's whole frame as one CUDA graph, xfeat_cuda_graph): its
 #          CUDA tests, the frontend micro-benchmark on/off, and a same-machine A/B of the 60 Hz
 #          camera runs, alternating on/off so that drift of the host hits both alike
+#   rt60f: run 10b, the same A/B with --prewarm 60 (start-up out of the measured run), and the
+#          CUDA tests with their log in $OUT
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e [commit]}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e|rt60e-diag|rt60f [commit]}"
 commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -58,9 +60,22 @@ elif [ "$stage" = rt60e ]; then
   done
   x="--staged --fps 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --camera-rate 60"
   for r in 1 2; do
-    for fg in on off; do
-      bench --size 640x480,1280x720 --label xfeat-cam60-framegraph-$fg-r$r $x --param xfeat_cuda_graph:=$([ $fg = on ] && echo true || echo false) \
+    for fg in true false; do
+      bench --size 640x480,1280x720 --label xfeat-cam60-framegraph-$fg-r$r $x --param xfeat_cuda_graph:=$fg \
             --json "$OUT/rt10_x_cam60_${fg}_r$r.json"
+    done
+  done
+elif [ "$stage" = rt60f ]; then
+  # Run 10b: the CUDA tests (log to $OUT), then the 60 Hz camera A/B of run 10 with the
+  # start-up work out of the measured run (--prewarm 60: as in a node that has been running;
+  # the map's initialisation is still measured).
+  python3 -m pytest -q -p no:cacheprovider test/test_inference.py test/test_field.py test/test_pipeline.py \
+      -k "cuda or frontend" > "$OUT/rt10b_cuda_tests.log" 2>&1; tail -5 "$OUT/rt10b_cuda_tests.log"
+  x="--staged --fps 60 --prewarm 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --camera-rate 60"
+  for r in 1 2; do
+    for fg in true false; do
+      bench --size 640x480,1280x720 --label xfeat-cam60-prewarm-framegraph-$fg-r$r $x --param xfeat_cuda_graph:=$fg \
+            --json "$OUT/rt10b_x_cam60_${fg}_r$r.json"
     done
   done
 elif [ "$stage" = rt60e-diag ]; then

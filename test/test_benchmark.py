@@ -157,19 +157,22 @@ def test_live_table_renders_from_a_record():
     assert "OMP_NUM_THREADS=1" in text
 
 
-@pytest.mark.parametrize("rate", [0.0, 40.0])
-def test_staged_mode_measures_every_frame_through_the_stages(run_doc, rate):
+@pytest.mark.parametrize("rate,prewarm", [(0.0, 0), (40.0, 0), (40.0, 4)])
+def test_staged_mode_measures_every_frame_through_the_stages(run_doc, rate, prewarm):
     """--staged: the overlapped stages, unpaced or with a camera at a fixed rate; every measured
     frame gets a pose callback (or is counted as dropped before the frontend), and the table
-    says which runs were staged."""
+    says which runs were staged. With --prewarm, frames run before the camera starts and are
+    not counted, and the measured run starts a new map."""
     out, _ = run_doc
     args = ["--size", f"{SIZE[0]}x{SIZE[1]}", "--frames", str(FRAMES), "--warmup", str(WARMUP),
             "--render-frames", "8", "--render-workers", "1", "--cache-dir", str(out / "cache"),
             "--param", "window_init_min_parallax_deg:=0.5", "--param", "pipeline_map_process:=false",
-            "--staged", "--camera-rate", str(rate), "--label", "tiny-staged", "--json", str(out / "s.json")]
+            "--staged", "--camera-rate", str(rate), "--label", "tiny-staged", "--json", str(out / "s.json"),
+            "--prewarm", str(prewarm)]
     assert B.main(args) == 0
     r = json.loads((out / "s.json").read_text())["runs"][0]
-    assert r["mode"] == "staged" and r["rate_hz"] == rate and not r["errors"]
+    assert r["mode"] == "staged" and r["rate_hz"] == rate and not r["errors"] and r["prewarm"] == prewarm
+    # Pre-warm frames are neither measured nor dropped: the measured run is the same either way.
     assert r["measured"] + r["frames_dropped"] == FRAMES - WARMUP
     if rate == 0.0:
         assert r["frames_dropped"] == 0
