@@ -761,7 +761,8 @@ def test_frontend_frame_graph_tracks_like_eager_cuda_and_never_waits(matcher):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = graphed._device_step(det, True)
+        with torch.inference_mode():
+            out = graphed._device_step(det, True)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert out.is_cuda and int(out[-2]) > 128       # most tracks continue on the next frame

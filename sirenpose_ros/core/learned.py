@@ -551,6 +551,7 @@ class XFeatDetector:
             self._inner[border] = inner
         return self._inner[border]
 
+    @torch.inference_mode()       # the buffer is an inference tensor (made under it)
     def upload(self, gray: np.ndarray) -> None:
         """Put an HxW uint8 image into the detector's device buffer at the network size
         (area-averaged when shrinking, so the network sees no aliasing). Host work and one
