@@ -143,3 +143,52 @@ def test_moving_object_reaching_the_image_bottom_is_bounded_by_the_floor_plane()
     T[1, 3] = -0.3
     moved = stage.run(_job(T, with_floor=False)).depth
     np.testing.assert_allclose(moved[inside], 1.8 / ((H - 1 - CY) / F), rtol=0.03)
+
+
+def _floating_job():
+    """As _job, plus a second moving object that ends above the image bottom (its lower edge,
+    and the floor behind it, in view)."""
+    job = _job(np.eye(4))
+    px = np.column_stack([job.xn[:, 0] * F + CX, job.xn[:, 1] * F + CY])
+    floating = (px[:, 0] > 120) & (px[:, 0] < 150) & (px[:, 1] > 20) & (px[:, 1] < 70)
+    job.p_dyn = np.where(floating, 0.95, job.p_dyn)
+    job.landmark_depth = np.where(floating, np.nan, job.landmark_depth)
+    return job
+
+
+def test_moving_region_cut_off_at_the_image_bottom_can_be_left_unknown():
+    # Default: the object reaching the bottom gets the floor at the bottom row, an upper bound
+    # (where it stands is out of view).
+    bound = _stage(True).run(_floating_job()).depth
+    stage = _stage(True)
+    stage.cfg = make_config({"field_ground_plane": True, "cloud_enabled": False,
+                             "field_upright_cutoff": "unknown"})
+    new = stage.run(_floating_job()).depth
+    h, w = new.shape
+    u = np.arange(w) * (W - 1) / (w - 1)
+    v = np.arange(h) * (H - 1) / (h - 1)
+    inside = (v[:, None] > 45) & (u[None, :] > 70) & (u[None, :] < 90)
+    assert np.isfinite(bound[inside]).all()
+    assert np.isnan(new[inside]).all()
+    # The object whose lower edge is in view keeps its bound (the field's wall, nearer floor
+    # than nothing), and static pixels keep the field's depth.
+    floating = (v[:, None] > 30) & (v[:, None] < 60) & (u[None, :] > 128) & (u[None, :] < 142)
+    assert np.isfinite(new[floating]).all()
+    np.testing.assert_array_equal(new[floating], bound[floating])
+    static = np.isfinite(new) & ~floating
+    np.testing.assert_array_equal(new[static], bound[static])
+    assert static.mean() > 0.6
+
+
+def test_regions_touching_bottom():
+    from sirenpose_ros.core.field import regions_touching_bottom
+    m = np.zeros((6, 8), bool)
+    m[2:6, 1:3] = True          # reaches the last row
+    m[0:3, 5:7] = True          # does not
+    m[1, 3] = True              # touches the first region diagonally: same region
+    out = regions_touching_bottom(m)
+    expect = np.zeros_like(m)
+    expect[2:6, 1:3] = True
+    expect[1, 3] = True
+    np.testing.assert_array_equal(out, expect)
+    assert not regions_touching_bottom(np.zeros((4, 4), bool)).any()

@@ -307,6 +307,17 @@ def test_dense_scores_against_known_answers(tmp_path):
     assert s["dyn_kp_n"] == 2 * len(kp)
     assert s["dyn_kp_precision"] == pytest.approx(n_dyn / (n_dyn + n_stat))
     assert s["dyn_kp_recall"] == pytest.approx(0.5)
+    # Where the error is: frame 10 has none; frame 20's moving (left) half is 2x too far at
+    # the static pixels' own scale. Its error mass at the scored (all-pixel median) scale is
+    # computed directly here; frame 10's moving pixels count with one unknown fewer.
+    g2 = resize_nearest(depth[1], h, w)
+    mov = resize_nearest(mask[1], h, w) > 0
+    q = pred2 * m2["scale"]
+    e_m, e_s = (np.abs(q - g2) / g2)[mov].sum(), (np.abs(q - g2) / g2)[~mov].sum()
+    assert s["depth_error_share_moving"] == pytest.approx(e_m / (e_m + e_s))
+    assert s["depth_abs_rel_moving"] == pytest.approx(e_m / (mov.sum() + mov.sum() - 1))
+    assert s["depth_abs_rel_static"] == pytest.approx(e_s / (2 * (~mov).sum()))
+    assert s["depth_moving_ratio"] == pytest.approx(np.sqrt(1.0 * 2.0))
 
 
 def test_timing_stats():

@@ -178,6 +178,14 @@ class DenseStage:
                 # off by more than the field (on easy it pulled the far floor in by 10-20 %).
                 dense_depth = np.where(moving, np.minimum(dense_depth, floor), dense_depth)
             dense_depth = field_mod.upright_occluder_bound(dense_depth, moving)
+            if cfg.field_upright_cutoff == "unknown":
+                # A moving region that reaches the image bottom hides where it stands: the floor
+                # seen at the bottom row only says it is at most that far (on large_dynamic and
+                # close_object the objects are 1.9-2.6x nearer than even the true floor there),
+                # and neither its motion (the window's trajectory fit collapses towards the
+                # camera) nor anything else in the frame bounds it from the near side.
+                dense_depth = np.where(field_mod.regions_touching_bottom(moving), np.nan,
+                                       dense_depth).astype(np.float32)
         if cfg.field_occluder_bound:
             # Moving objects have no keypoint depth: the field shows the background behind
             # them. They occlude that background, so cap them at the depth around them.

@@ -126,6 +126,14 @@ PARAMS: list[ParamSpec] = [
               "Higher than cloud_dynamic_threshold on purpose: a static floor wrongly flagged "
               "dynamic would be pulled in, while a missed object pixel only keeps the field's "
               "depth (at 0.5 low_texture seed 1 lost 0.015 in delta<1.25).", min=0.0, max=1.0),
+    ParamSpec("field_upright_cutoff", "bound",
+              "What field_upright_occluder gives a moving region that reaches the image bottom "
+              "(its floor contact is out of view, so its depth is unobservable: the floor at the "
+              "bottom row is only an upper bound). 'bound': that upper bound, carried up the "
+              "column (a close object comes out too far: 1.9-2.6x on large_dynamic and "
+              "close_object). 'unknown': NaN (no dense depth and no cloud points there; the "
+              "region keeps its dynamic probability), for consumers that must not take a near "
+              "obstacle for a far one.", choices=("bound", "unknown")),
     ParamSpec("field_ground_plane", True,
               "Fit the floor plane to the frame's static keypoint depths (RANSAC, "
               "fit_ground_plane) and let field_upright_occluder bound moving pixels by the "
@@ -268,6 +276,18 @@ def upright_occluder_bound(depth: np.ndarray, dynamic: np.ndarray) -> np.ndarray
     cum = np.minimum.accumulate(shifted) + run * big
     capped = np.where(m, np.minimum(d, cum), d)
     return capped.reshape(w, h).T[::-1].astype(np.float32)
+
+
+def regions_touching_bottom(mask: np.ndarray) -> np.ndarray:
+    """(h, w) bool: the pixels of ``mask`` whose 8-connected region reaches the last row.
+
+    Such a region continues below the image, so where it meets the floor is not seen."""
+    m = np.asarray(mask, bool)
+    if not m[-1].any():
+        return np.zeros_like(m)
+    _, lab = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
+    touching = np.unique(lab[-1][m[-1]])
+    return np.isin(lab, touching) & m
 
 
 def fit_ground_plane(points: np.ndarray, max_tilt_deg: float, inlier: float, min_inliers: int,

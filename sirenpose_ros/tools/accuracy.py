@@ -314,6 +314,9 @@ def evaluate_one(preset: str, row_name: str, seq, gt_npz: Path | None, values: d
     out["depth_abs_rel"] = dense.get("depth_abs_rel", float("nan"))
     out["depth_delta1"] = dense.get("depth_delta1", float("nan"))
     out["depth_coverage"] = dense.get("depth_coverage", float("nan"))
+    for k in ("depth_error_share_moving", "depth_abs_rel_moving", "depth_abs_rel_static",
+              "depth_moving_ratio"):        # where the depth error is (JSON only)
+        out[k] = dense.get(k, float("nan"))
     if row.dynamic_output:
         out["dyn_mask_iou"] = dense.get("dyn_mask_iou", float("nan"))
         out["dyn_kp_f1"] = dense.get("dyn_kp_f1", float("nan"))

@@ -181,6 +181,39 @@ class DenseGroundTruth:
         return int(self._order[best])
 
 
+def depth_split(pred: np.ndarray, gt: np.ndarray, scale: float, moving: np.ndarray) -> dict:
+    """Where one frame's depth error is: Abs Rel summed over its moving pixels (``moving``, the
+    rendered motion mask) and over its static ones at the frame's median scale ``scale`` (the
+    scored one), pixel counts, and the median ratio pred / gt of the moving pixels at the static
+    pixels' own median scale (how far off the moving objects are, independent of the scale
+    they pull)."""
+    ok = np.isfinite(pred) & (pred > 0) & np.isfinite(gt) & (gt > 0)
+    mv, st = ok & moving, ok & ~moving
+    rel = np.abs(pred * scale - gt) / np.where(ok, gt, 1.0)
+    ratio = float("nan")
+    if mv.any() and st.any():
+        s_static = np.median(gt[st]) / np.median(pred[st])
+        ratio = float(np.median(pred[mv] * s_static / gt[mv]))
+    return {"sum_moving": float(rel[mv].sum()), "sum_static": float(rel[st].sum()),
+            "n_moving": int(mv.sum()), "n_static": int(st.sum()), "moving_ratio": ratio}
+
+
+def depth_split_summary(rows: list[dict]) -> dict:
+    """Over frames: the share of the Abs Rel error mass on moving pixels, the mean Abs Rel of
+    moving and of static pixels, and the geometric mean of the moving pixels' depth ratio."""
+    nan = float("nan")
+    sm = sum(r["sum_moving"] for r in rows)
+    ss = sum(r["sum_static"] for r in rows)
+    nm = sum(r["n_moving"] for r in rows)
+    ns = sum(r["n_static"] for r in rows)
+    ratios = np.array([r["moving_ratio"] for r in rows], np.float64)
+    ratios = ratios[np.isfinite(ratios) & (ratios > 0)]
+    return {"depth_error_share_moving": sm / (sm + ss) if sm + ss > 0 else nan,
+            "depth_abs_rel_moving": sm / nm if nm else nan,
+            "depth_abs_rel_static": ss / ns if ns else nan,
+            "depth_moving_ratio": float(np.exp(np.mean(np.log(ratios)))) if ratios.size else nan}
+
+
 class DenseScores:
     """Accumulates depth, dynamic-mask and dynamic-keypoint scores frame by frame."""
 
@@ -188,6 +221,7 @@ class DenseScores:
         self.gt = gt
         self.cfg = cfg
         self.depth_rows: list[dict] = []         # depth_metrics per frame with depth
+        self.depth_split: list[dict] = []        # depth_split per frame with depth
         self.mask_iou: list[float] = []          # per frame with dynamic probabilities
         self.mask_inter = 0                      # pooled over frames
         self.mask_union = 0
@@ -214,6 +248,8 @@ class DenseScores:
             if m["n"] > 0:
                 self.depth_rows.append(m)
                 self.last_depth = (result.depth, g)
+                self.depth_split.append(depth_split(result.depth, g, m["scale"],
+                                                    resize_nearest(gt_mask, h, w, work) > 0))
         if kp.shape[0] and prob.shape[0] == kp.shape[0]:
             # Keypoint labels: GT mask at the keypoint's (observed) pixel.
             col = np.clip(np.rint(kp[:, 0]), 0, W - 1).astype(np.int64)
@@ -236,6 +272,7 @@ class DenseScores:
             out["depth_abs_rel"] = float(np.mean([r["abs_rel"] for r in self.depth_rows]))
             out["depth_delta1"] = float(np.mean([r["delta1"] for r in self.depth_rows]))
             out["depth_coverage"] = float(np.mean([r["coverage"] for r in self.depth_rows]))
+            out.update(depth_split_summary(self.depth_split))
         else:
             out.update(depth_abs_rel=nan, depth_delta1=nan, depth_coverage=0.0)
         out["dyn_mask_frames"] = len(self.mask_iou)
