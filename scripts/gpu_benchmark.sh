@@ -14,10 +14,11 @@
 #   rt60e: run 10 (the learned frontend's whole frame as one CUDA graph, xfeat_cuda_graph): its
 #          CUDA tests, the frontend micro-benchmark on/off, and a same-machine A/B of the 60 Hz
 #          camera runs, alternating on/off so that drift of the host hits both alike
+#   rt60g: run 10e, one round of run 10b's A/B (for an H200)
 #   rt60f: run 10b, the same A/B with --prewarm 60 (start-up out of the measured run), and the
 #          CUDA tests with their log in $OUT
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e|rt60e-diag|rt60f [commit]}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e|rt60e-diag|rt60f|rt60g [commit]}"
 commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -77,6 +78,13 @@ elif [ "$stage" = rt60f ]; then
       bench --size 640x480,1280x720 --label xfeat-cam60-prewarm-framegraph-$fg-r$r $x --param xfeat_cuda_graph:=$fg \
             --json "$OUT/rt10b_x_cam60_${fg}_r$r.json"
     done
+  done
+elif [ "$stage" = rt60g ]; then
+  # Run 10e: run 10b's A/B once (frame graph on, then off), for another kind of machine (H200).
+  x="--staged --fps 60 --prewarm 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --camera-rate 60"
+  for fg in true false; do
+    bench --size 640x480,1280x720 --label xfeat-cam60-prewarm-framegraph-$fg $x --param xfeat_cuda_graph:=$fg \
+          --json "$OUT/rt10e_x_cam60_${fg}.json"
   done
 elif [ "$stage" = rt60e-diag ]; then
   # Run 10's diagnosis: the frontend's GPU time by kernel, and the 60 Hz camera with the frame
