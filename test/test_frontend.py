@@ -76,3 +76,66 @@ def test_reset_and_blank_image():
     fe.reset()
     t2 = fe.track(_shifted(_texture(), 0, 0))
     assert t2.ids.min() == 0 and np.all(t2.age == 0)
+
+
+def _moving_square_frames(n, step=3, x0=60, size=80):
+    """Static random texture with a differently textured square sliding right by ``step`` px per
+    frame over it: (frames, square's left edge per frame, its top, its size)."""
+    bg = _texture(seed=0)[:240, :320]
+    obj = _texture(seed=1)[:size, :size]
+    frames, xs = [], []
+    for k in range(n):
+        x = x0 + step * k
+        img = bg.copy()
+        img[80:80 + size, x:x + size] = obj
+        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+        xs.append(x)
+    return frames, xs, 80, size
+
+
+def test_tracks_dragged_by_a_moving_edge_are_marked_slipped():
+    """Background tracks whose KLT window straddles a moving object's edge follow the object
+    (the forward-backward check passes: both passes follow it); their photometric error marks
+    them slipped. Tracks far from the edge and the object's own tracks are not marked."""
+    frames, xs, top, size = _moving_square_frames(12)
+    fe = frontend.KLTFrontend(_cfg())
+    t0 = fe.track(frames[0])
+    start = dict(zip(t0.ids.tolist(), t0.px.astype(np.float64)))
+    drift, slipped, near, on_object = {}, {}, {}, {}
+    for img, x in zip(frames[1:], xs[1:]):
+        t = fe.track(img)
+        assert t.slipped is not None and t.slipped.shape == t.ids.shape
+        for i, tid in enumerate(t.ids.tolist()):
+            if tid not in start:
+                continue
+            p0 = start[tid]
+            born_on_object = xs[0] <= p0[0] < xs[0] + size and top <= p0[1] < top + size
+            if born_on_object:
+                # Deep inside the square (farther than a KLT half-window from its border): one
+                # rigid motion in the window, never slipped.
+                if (xs[0] + 12 <= p0[0] < xs[0] + size - 12 and top + 12 <= p0[1] < top + size - 12):
+                    on_object[tid] = on_object.get(tid, False) or bool(t.slipped[i])
+                continue
+            drift[tid] = max(drift.get(tid, 0.0), float(np.linalg.norm(t.px[i] - p0)))
+            slipped[tid] = slipped.get(tid, False) or bool(t.slipped[i])
+            dx = max(x - p0[0], 0.0, p0[0] - (x + size - 1))
+            dy = max(top - p0[1], 0.0, p0[1] - (top + size - 1))
+            near[tid] = min(near.get(tid, 1e9), float(np.hypot(dx, dy)))
+    ids = list(drift)
+    d = np.array([drift[i] for i in ids])
+    s = np.array([slipped[i] for i in ids])
+    dist = np.array([near[i] for i in ids])
+    dragged = d > 0.5
+    assert dragged.sum() >= 5                 # the scene does drag background tracks
+    assert s[dragged].mean() >= 0.9           # ... and those are marked
+    assert not s[dist > 15].any()             # no track beyond a KLT half-window of the edge
+    assert not s[d < 0.1].any()               # no track that stayed on its background point
+    assert len(on_object) >= 5 and not any(on_object.values())
+
+
+def test_slip_marking_can_be_switched_off():
+    frames, *_ = _moving_square_frames(8)
+    fe = frontend.KLTFrontend(_cfg(frontend_slip_error_ratio=0.0))
+    for img in frames:
+        t = fe.track(img)
+        assert not t.slipped.any()

@@ -26,6 +26,8 @@ PARAMS = [
     ParamSpec("frontend_klt_iterations", 20, "KLT iterations per pyramid level.", 1, 100),
     ParamSpec("frontend_klt_min_eigenvalue", 1e-5, "KLT's texture test (OpenCV minEigThreshold: smallest eigenvalue of the window's gradient matrix per pixel, image in [0, 1]): windows below it are not tracked. OpenCV's default 1e-4 drops the faint but trackable texture of low-texture scenes (plain walls and floors), which the adaptive detection (frontend_min_quality_level) does find.", 1e-7, 1e-2),
     ParamSpec("frontend_fb_threshold_px", 0.5, "Forward-backward consistency threshold (pixels): tracks that do not return are dropped.", 0.01, 10.0),
+    ParamSpec("frontend_slip_error_ratio", 3.0, "A track whose KLT photometric error in this frame (mean absolute grey-level difference over the window after alignment) exceeds this many times the median of the frame's tracks (and frontend_slip_min_error) is marked slipped (Tracks.slipped). A window that straddles the edge of a moving object holds two motions: KLT follows a compromise and the track is dragged along with the object while its centre stays on the background; the forward-backward check passes (both passes follow the object), the photometric error does not (large_dynamic seed 2: 14 % of the landmark observations were > 2 px off the ground truth, nearly all within a KLT half-window of a moving object, 6 % of them flagged by the motion graph; frame steps that slid > 0.5 px had a median error of 6.3 grey levels, the others 1.1). The track keeps its id (the motion graph needs the tracks of rotating or approaching objects, whose appearance changes too: dropping them lost low_texture's small cube entirely); once a map exists, the pipeline hands it to the estimator as a new track from then on (large_dynamic seeds 0-7: mean ATE 1.67 -> 1.41 % of the path). Relative to the frame's median, so that contrast and the warp common to all tracks do not matter. 0 = off.", 0.0, 100.0),
+    ParamSpec("frontend_slip_min_error", 2.0, "Photometric error (grey levels, 0-255) below which a track is never marked slipped (frontend_slip_error_ratio): differences of a few grey levels are image noise and quantisation, and on faint texture the frame's median is a fraction of a grey level (low_texture: 0.09), where a ratio alone marked 14 % of the tracks in every frame.", 0.0, 255.0),
     ParamSpec("frontend_grid_cols", 8, "Columns of the re-detection grid (keeps keypoints spread).", 1, 64),
     ParamSpec("frontend_grid_rows", 6, "Rows of the re-detection grid.", 1, 64),
     ParamSpec("frontend_redetect_ratio", 0.9, "Detect new corners when fewer than this share of max_keypoints survive.", 0.0, 1.0),
@@ -40,13 +42,17 @@ class Tracks:
     ids: np.ndarray     # (N,) int64, stable while the keypoint is tracked, never reused
     px: np.ndarray      # (N, 2) float32 pixel coordinates (u, v) in the frontend's image
     age: np.ndarray     # (N,) int32, frames this keypoint has been tracked (0 = detected now)
+    # (N,) bool: the track's step into this frame is a photometric outlier (see
+    # frontend_slip_error_ratio); None where the frontend does not tell (no track is).
+    slipped: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
     @staticmethod
     def empty() -> "Tracks":
-        return Tracks(np.zeros(0, np.int64), np.zeros((0, 2), np.float32), np.zeros(0, np.int32))
+        return Tracks(np.zeros(0, np.int64), np.zeros((0, 2), np.float32), np.zeros(0, np.int32),
+                      np.zeros(0, bool))
 
 
 class Frontend(Protocol):
@@ -110,7 +116,7 @@ class KLTFrontend:
         if len(prev) == 0:
             return prev
         p0 = prev.px.reshape(-1, 1, 2)
-        p1, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev_pyr, pyr, p0, None, winSize=self._win,
+        p1, st1, err = cv2.calcOpticalFlowPyrLK(self._prev_pyr, pyr, p0, None, winSize=self._win,
                                               maxLevel=self._levels, criteria=self._criteria,
                                               minEigThreshold=self._min_eig)
         # Backward pass starts at the original positions: a consistent track comes straight back.
@@ -124,7 +130,18 @@ class KLTFrontend:
         h, w = shape
         keep = ((st1.ravel() == 1) & (st2.ravel() == 1) & (fb < self.cfg.frontend_fb_threshold_px)
                 & (p1[:, 0] >= b) & (p1[:, 1] >= b) & (p1[:, 0] <= w - 1 - b) & (p1[:, 1] <= h - 1 - b))
-        return Tracks(prev.ids[keep], p1[keep].astype(np.float32), prev.age[keep] + 1)
+        slipped = self._slipped(err.ravel(), keep)
+        return Tracks(prev.ids[keep], p1[keep].astype(np.float32), prev.age[keep] + 1, slipped[keep])
+
+    def _slipped(self, err: np.ndarray, tracked: np.ndarray) -> np.ndarray:
+        """(N,) bool: KLT photometric error ``err`` above ``frontend_slip_error_ratio`` times its
+        median over the ``tracked`` points and above ``frontend_slip_min_error`` (none when off,
+        or with too few tracks for a median to mean anything)."""
+        ratio = float(self.cfg.frontend_slip_error_ratio)
+        if ratio <= 0 or tracked.sum() < 10:
+            return np.zeros(err.shape[0], bool)
+        limit = max(ratio * float(np.median(err[tracked])), float(self.cfg.frontend_slip_min_error))
+        return err > limit
 
     def _isotropic(self, gray: np.ndarray, pts: np.ndarray) -> np.ndarray:
         """(N,) bool: the KLT window at each point ``pts`` (N, 2) has a gradient matrix with
@@ -214,6 +231,8 @@ class KLTFrontend:
         new = corners[ok][:need]
         ids = np.arange(self._next_id, self._next_id + len(new), dtype=np.int64)
         self._next_id += len(new)
+        slipped = tracks.slipped if tracks.slipped is not None else np.zeros(len(tracks), bool)
         return Tracks(np.concatenate([tracks.ids, ids]),
                       np.concatenate([tracks.px, new]).astype(np.float32),
-                      np.concatenate([tracks.age, np.zeros(len(new), np.int32)]))
+                      np.concatenate([tracks.age, np.zeros(len(new), np.int32)]),
+                      np.concatenate([slipped, np.zeros(len(new), bool)]))

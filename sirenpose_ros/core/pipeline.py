@@ -168,6 +168,11 @@ class Pipeline:
         # the pose stage never touches dense state another thread may be using.
         self._world = 0
         self._map_world = 0
+        # Estimator ids of tracks that slipped (Tracks.slipped): sorted frontend ids -> the id
+        # the window knows them by since (negative: never a frontend id).
+        self._wid_from = np.zeros(0, np.int64)
+        self._wid_to = np.zeros(0, np.int64)
+        self._next_wid = -1
 
     def _frontend_in_process(self) -> bool:
         mode = self.cfg.pipeline_frontend_process
@@ -316,6 +321,8 @@ class Pipeline:
     def _reset_pose_state(self) -> None:
         self.graph.reset()
         self.window.reset()
+        self._wid_from = np.zeros(0, np.int64)
+        self._wid_to = np.zeros(0, np.int64)
         self._new_dense_world()
 
     def _new_dense_world(self) -> None:
@@ -413,10 +420,18 @@ class Pipeline:
         xn = cam.undistort_points(tracks.px.astype(np.float64))
         ok = np.all(np.isfinite(xn), axis=1)      # outside the lens model's valid region
         ids, px, xn = tracks.ids[ok], tracks.px[ok], xn[ok]
+        slipped = getattr(tracks, "slipped", None)
+        # Before a map exists there is no landmark to protect, and the two-view initialisation
+        # and its motion evidence need each track's whole history: slips count from then on.
+        if slipped is not None and self.window.keyframes:
+            slipped = slipped[ok]
+        else:
+            slipped = None
+        wids = self._window_ids(ids, slipped)
         p_prior = self.graph.prior(ids, wait=False)
         t_graph = time.perf_counter() - t0
         t0 = time.perf_counter()
-        est = self.window.estimate_pose(frame.stamp_ns, ids, xn, p_prior, 0.5 * (cam.fx + cam.fy))
+        est = self.window.estimate_pose(frame.stamp_ns, wids, xn, p_prior, 0.5 * (cam.fx + cam.fy))
         t_window = time.perf_counter() - t0
         if est.message:
             messages.append(est.message)
@@ -451,10 +466,35 @@ class Pipeline:
                                    and self._dense_rate_allows(frame.stamp_ns))
         if due and wres.state == TrackingState.TRACKING:
             self._last_dense_stamp = frame.stamp_ns
-        self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, ids=ids,
+        # ids: as the window knows the tracks (the map work, the joint refinement and the far
+        # bounds all look them up there).
+        self._dense_ctx = dict(result=result, frame=frame, cam=cam, xn=xn, p_dyn=g.p_dynamic, ids=wids,
                                wres=wres, graph=g, world=self._world, dense_due=due, px=px)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return result
+
+    def _window_ids(self, ids: np.ndarray, slipped: np.ndarray | None) -> np.ndarray:
+        """The ids the estimator knows the tracks ``ids`` by: a track that slipped in this frame
+        (its KLT window no longer matched, e.g. dragged by the edge of a moving object) goes to
+        the estimator as a new track from now on, so that its landmark, built from the
+        positions before, is no longer pulled towards the track's new, wrong ones, and the
+        track can be triangulated afresh if it measures a static point again. The motion graph
+        and the outputs keep the frontend's id (the graph needs the history of each track)."""
+        wids = np.array(ids, np.int64)
+        k = np.clip(np.searchsorted(self._wid_from, wids), 0, max(self._wid_from.size - 1, 0))
+        hit = (self._wid_from[k] == wids) if self._wid_from.size else np.zeros(wids.size, bool)
+        wids[hit] = self._wid_to[k[hit]]
+        renamed = hit
+        if slipped is not None and slipped.any():
+            n = int(slipped.sum())
+            wids[slipped] = self._next_wid - np.arange(n)
+            self._next_wid -= n
+            renamed = hit | slipped
+        # Only tracks alive in this frame keep an entry: the map stays as small as the frame.
+        o = np.argsort(ids[renamed])
+        self._wid_from = np.asarray(ids[renamed][o], np.int64)
+        self._wid_to = wids[renamed][o]
+        return wids
 
     def _dense_rate_allows(self, stamp_ns: int) -> bool:
         hz = float(self.cfg.pipeline_dense_max_hz)

@@ -71,6 +71,7 @@ PARAMS = [
     ParamSpec("window_provisional_max_rotation_deg", 0.1, "A provisional two-view pose is published only while its rotation uncertainty (1 sigma, and the spread of rival solutions) is below this (degrees).", 0.0, 10.0),
     ParamSpec("window_init_score_sigmas", 4.0, "Two-view solutions are scored by their Sampson residuals truncated at this many times the inlier noise of the best-fitting solution (at most window_init_inlier_px): a wrong short-baseline solution that gains a few outliers but fits the static tracks worse then scores worse.", 1.0, 100.0),
     ParamSpec("window_init_track_weighting", True, "Two-view geometry before initialisation: after the Huber polish, refine again with Cauchy weights at the inliers' robust noise level, so that the consistent tracks, not the faint or drifting ones (low texture), decide the solution and the covariance and depth uncertainty that gate provisional poses; the map's own gates keep every inlier alike (off: every inlier counts alike everywhere).", None, None),
+    ParamSpec("window_init_common_polish", True, "Two-view candidates (RANSAC runs, each polished on its own inliers) are polished once more on every correspondence with one robust cost at the scoring scale before they are compared: polished on different inlier sets they can rest in different basins of a flat valley (forward motion on faint texture: translation directions 4-13 degrees apart within 2-9 % of the score) and read as an ambiguity that more parallax never resolves, since the tracks' noise grows with it (low_texture seed 4: initialised at frame 57 of 90). A candidate moves only if its truncated score improves.", None, None),
     ParamSpec("window_init_rival_cost", 2.0, "Two-view solutions whose truncated (MSAC) cost exceeds the best one's by less than this many times the cost of one truncated residual are rivals: a provisional pose needs every rival to agree with it.", 0.0, 100.0),
     ParamSpec("window_coverage_cell_px", 32.0, "Cell size (pixels) for the spatial coverage of a model's inliers: with several rigid motions in view, the model supported over more of the image (the background) wins over a larger but compact moving object.", 4.0, 1000.0),
     ParamSpec("window_motion_span_frames", 3, "Before initialisation, tracks are tested against the dominant (widest-spread) pure rotation over this many frames; those that do not follow it are reported to the dynamic graph, so a moving object is kept out of the initialisation.", 1, 30),
@@ -373,6 +374,22 @@ def refine_relative_pose(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.nd
         if converged:
             break
     return R, t, H
+
+
+def relative_pose_information(R: np.ndarray, t: np.ndarray, x1: np.ndarray, x2: np.ndarray,
+                              scale: float, loss: str) -> np.ndarray:
+    """5x5 Gauss-Newton information of the Sampson residuals at (R, unit t), weighted by the
+    robust loss at ``scale``: what :func:`refine_relative_pose` returns, without moving."""
+    eps = 1e-7
+    basis = _tangent_basis(t)
+    r = sampson_residuals(R, t, x1, x2)
+    J = np.empty((r.size, 5))
+    for j in range(5):
+        d = np.zeros(5)
+        d[j] = eps
+        J[:, j] = (sampson_residuals(*_perturb_relative(R, t, d, basis), x1, x2) - r) / eps
+    w = robust_weights(np.abs(r), scale, loss)
+    return (J * w[:, None]).T @ J
 
 
 class SlidingWindowEstimator:
@@ -891,10 +908,38 @@ class SlidingWindowEstimator:
         # a few sigma of the best-fitting candidate's inlier noise weighs those properly.
         sigma = min(1.4826 * float(np.median(r[inl & use])) for _, _, inl, _, _, r, *_ in cands)
         tau_s = float(np.clip(c.window_init_score_sigmas * sigma, 0.1 * tau, tau))
+        if c.window_init_common_polish:
+            cands = [self._common_polish(cand, x1, x2, use, tau, tau_s) for cand in cands]
         scored = [(float(np.sum(np.minimum(r[use], tau_s) ** 2)), R, t, inl, H, s2, H0, s20)
                   for R, t, inl, H, s2, r, H0, s20 in cands]
         scored.sort(key=lambda k: k[0])
         return scored, tau_s
+
+    def _common_polish(self, cand, x1, x2, use, tau, tau_s):
+        """A candidate of :meth:`_essential_candidates` polished on every correspondence ``use``
+        with a Cauchy loss at the scoring scale ``tau_s`` (see window_init_common_polish); kept
+        as it was unless its truncated score improves. The information and noise level that
+        gate the map and the provisional poses are taken again at the new solution, as the
+        candidate's own polish takes them (every inlier alike; and with track weighting)."""
+        c = self.cfg
+        R, t, inl, H, s2, r, H0, s20 = cand
+        R2, t2, _ = refine_relative_pose(R, t, x1[use], x2[use], tau_s, loss="cauchy")
+        r2 = np.abs(sampson_residuals(R2, t2, x1, x2))
+        inl2 = r2 < tau
+        if (inl2.sum() < c.window_init_min_points
+                or np.sum(np.minimum(r2[use], tau_s) ** 2) >= np.sum(np.minimum(r[use], tau_s) ** 2)):
+            return cand
+        if _in_front_count(R2, -t2, x1[inl2], x2[inl2]) > _in_front_count(R2, t2, x1[inl2], x2[inl2]):
+            t2 = -t2
+        H0 = relative_pose_information(R2, t2, x1[inl2], x2[inl2], 0.5 * tau, "huber")
+        s20 = float(np.mean(r2[inl2] ** 2))
+        H, s2 = H0, s20
+        if c.window_init_track_weighting:
+            sig = max(1.4826 * float(np.median(r2[inl2])), 0.02 / self._f)
+            H = relative_pose_information(R2, t2, x1[inl2], x2[inl2], sig, "cauchy")
+            w = robust_weights(r2[inl2], sig, "cauchy")
+            s2 = float(np.sum(w * r2[inl2] ** 2) / max(float(np.sum(w)), 1e-12))
+        return R2, t2, inl2, H, s2, r2, H0, s20
 
     def _relative_pose(self, x1, x2, early_exit=True):
         """Two-view geometry of view 2 w.r.t. view 1: (why, tv). ``why`` is None when the
