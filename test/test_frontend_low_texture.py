@@ -95,7 +95,9 @@ def test_low_texture_faint_edges_do_not_become_tracks(seed):
     # Measured: 6 % (seed 1) and 4 % (seed 2) with the test, 23 % and 11 % without.
     assert err.size >= 70, err.size
     assert np.mean(err > 2.0) < 0.08, np.mean(err > 2.0)
-    # The parameter is what makes the difference (so the assertion above can fail).
-    p1, pn = _long_tracks(seq, frontend_min_isotropy=0.0)
+    # The parameter is what makes the difference (so the assertion above can fail). The centre
+    # check (frontend_center_window_px) also drops many sliding tracks (10 % and 5 % left > 2 px
+    # off with it alone), so it is off here too: this is the frontend without either guard.
+    p1, pn = _long_tracks(seq, frontend_min_isotropy=0.0, frontend_center_window_px=0)
     err_off = _ground_truth_error(seq, p1, pn)
     assert np.mean(err_off[np.isfinite(err_off)] > 2.0) >= 0.1
