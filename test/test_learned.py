@@ -446,6 +446,8 @@ def test_frame_graph_steps_track_like_eager_steps(grays, matcher, monkeypatch):
     # Frames 1 and 2 run eagerly with a pool, the step is built on frame 3 (the blank frame still
     # has a pool: the last frame's tracks) and replayed after; the pool buffers are never replaced.
     assert _ReplayedStep.built == 1 and all(p is pools[0] for p in pools)
+    assert graphed.describe()[-1] == "whole frame as one CUDA graph"
+    assert eager.describe() and all(d.startswith("torch-") for d in eager.describe())
     eager.reset(), graphed.reset()
     for g in grays[:3]:
         a, b = eager.track(g), graphed.track(g)

@@ -9,25 +9,26 @@ CUDA context: the caller's thread only waits on a pipe, without the GIL.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from sirenpose_ros.core.child import ChildStage, ChildWorker, serve
 
 
 def _make_stage(cfg):
     from sirenpose_ros.core.pipeline import make_frontend
     frontend = make_frontend(cfg)
-    return frontend, [getattr(r, "backend", "?") for r in getattr(frontend, "runners", [])]
+    return frontend, frontend.describe() if hasattr(frontend, "describe") else []
 
 
 class FrontendProcess(ChildStage):
     """The frontend chosen by ``pipeline_frontend`` (``make_frontend``), run in a child process
-    behind the same interface: ``track(gray) -> Tracks``, ``reset()``, ``runners``."""
+    behind the same interface: ``track(gray) -> Tracks``, ``reset()``, ``describe()``."""
 
     def __init__(self, cfg_values: dict, start_timeout_s: float = 180.0):
         self._child = ChildWorker("sirenpose_ros.core.frontend_worker", dict(cfg_values),
                                   "frontend worker", start_timeout_s)
-        self.runners = [SimpleNamespace(backend=b) for b in self._child.info]
+        self._description = list(self._child.info)
+
+    def describe(self) -> list[str]:
+        return list(self._description)
 
     def track(self, gray):
         return self._child.call("track", gray)

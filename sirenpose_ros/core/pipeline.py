@@ -242,8 +242,7 @@ class Pipeline:
         parts = [f"frontend {self.cfg.pipeline_frontend}"]
         details = []
         if self.cfg.pipeline_frontend == "xfeat":
-            runners = [getattr(r, "backend", "?") for r in getattr(self.frontend, "runners", [])]
-            details.append(", ".join(runners) or self.cfg.xfeat_backend)
+            details.append(", ".join(self.frontend.describe()) or self.cfg.xfeat_backend)
         if getattr(self.frontend, "pid", None) is not None:
             details.append(f"in child process {self.frontend.pid}")
         if details:

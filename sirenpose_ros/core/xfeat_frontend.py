@@ -111,6 +111,10 @@ class XFeatFrontend:
             out.append(self._matcher.runner)
         return out
 
+    def describe(self) -> list[str]:
+        """What runs, for the runtime line of logs and /diagnostics."""
+        return [r.backend for r in self.runners] + (["whole frame as one CUDA graph"] if self.frame_graph else [])
+
     @property
     def frame_graph(self) -> bool:
         """Whether each frame's device work replays as one CUDA graph: asked for, and every
