@@ -1,17 +1,11 @@
 """scripts/seed_sweep.py: seed ranges, and one tiny end-to-end run that prints a table row."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "seed_sweep.py"
+from script_loader import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("seed_sweep", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("seed_sweep")
 
 
 def test_seed_list_parses_ranges_and_lists():

@@ -1,18 +1,12 @@
 """scripts/velocity_check.py: its ground truth is right (a static surface point has zero
 velocity), and a tiny end-to-end run prints a table row."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "velocity_check.py"
+from script_loader import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("velocity_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("velocity_check")
 
 
 def test_ground_truth_of_a_static_point_does_not_move(tmp_path):
