@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 from scipy.spatial import Delaunay, QhullError
 
+from sirenpose_ros.core.ids import lookup
 from sirenpose_ros.core.params import ParamSpec
 
 PARAMS = [
@@ -159,10 +160,8 @@ class KeypointGraph:
         """``values`` (one per track in ``self._ids``) looked up for ``ids``; ``default`` for
         ids without one."""
         out = np.full(ids.shape[0], default, values.dtype)
-        if self._ids.size and ids.size:
-            k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
-            hit = self._ids[k] == ids
-            out[hit] = values[k[hit]]
+        k, hit = lookup(self._ids, ids)
+        out[hit] = values[k[hit]]
         return out
 
     def _belief(self, ids: np.ndarray) -> np.ndarray:
@@ -245,8 +244,8 @@ class KeypointGraph:
         order = np.argsort(ids)
         sid = ids[order]
         if sid.size and self._edge_ids.size:
-            pos = np.clip(np.searchsorted(sid, self._edge_ids), 0, sid.size - 1)
-            hit = np.all(sid[pos] == self._edge_ids, axis=1)
+            pos, present = lookup(sid, self._edge_ids)
+            hit = np.all(present, axis=1)
             edges = np.sort(order[pos[hit]], axis=1).astype(np.int64)
             rig = self._edge_rig[hit]
         else:

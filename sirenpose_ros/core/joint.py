@@ -35,6 +35,7 @@ from dataclasses import dataclass, field as dc_field
 import numpy as np
 import torch
 
+from sirenpose_ros.core.ids import lookup
 from sirenpose_ros.core import losses as L
 from sirenpose_ros.core.params import ParamSpec
 
@@ -167,13 +168,6 @@ class JointResult:
 
 
 # ---------------------------------------------------------------------------- builder
-def _lookup(sorted_ids: np.ndarray, query: np.ndarray):
-    if sorted_ids.size == 0 or query.size == 0:
-        return np.zeros(query.shape[0], np.int64), np.zeros(query.shape[0], bool)
-    k = np.clip(np.searchsorted(sorted_ids, query), 0, sorted_ids.size - 1)
-    return k, sorted_ids[k] == query
-
-
 def snapshot_from_window(window, graph_result, ids: np.ndarray, camera, cfg=None) -> WindowSnapshot | None:
     """Build a :class:`WindowSnapshot` from a ``SlidingWindowEstimator`` after ``update_map``.
 
@@ -194,7 +188,7 @@ def snapshot_from_window(window, graph_result, ids: np.ndarray, camera, cfg=None
     # Static observations: every keyframe's tracks that have a landmark (F <= window size).
     fr, lm, xn = [], [], []
     for i, kf in enumerate(kfs):
-        k, hit = _lookup(lm_ids, kf.ids)
+        k, hit = lookup(lm_ids, kf.ids)
         fr.append(np.full(int(hit.sum()), i))
         lm.append(k[hit])
         xn.append(kf.xn[hit])
@@ -207,12 +201,12 @@ def snapshot_from_window(window, graph_result, ids: np.ndarray, camera, cfg=None
     # Dynamic tracks: this frame's tracks flagged dynamic that have no landmark.
     ids = np.asarray(ids, np.int64)
     p = np.asarray(graph_result.p_dynamic, np.float64)
-    _, is_lm = _lookup(lm_ids, ids)
+    _, is_lm = lookup(lm_ids, ids)
     cand = np.flatnonzero((p >= float(g("joint_dynamic_threshold"))) & ~is_lm)
     dxn = np.full((F, cand.size, 2), np.nan)
     dval = np.zeros((F, cand.size), bool)
     for i, kf in enumerate(kfs):
-        k, hit = _lookup(kf.ids, ids[cand])
+        k, hit = lookup(kf.ids, ids[cand])
         dval[i] = hit
         dxn[i, hit] = kf.xn[k[hit]]
     n_obs = dval.sum(0)
@@ -272,9 +266,9 @@ def warm_start(snap: WindowSnapshot, prev: WindowSnapshot, prev_result: JointRes
     if snap.dyn_depth0 is None:
         snap.dyn_depth0 = np.full(snap.dyn_valid.shape, np.nan)
     fo = np.argsort(prev.kf_stamps_ns)
-    fk, fhit = _lookup(prev.kf_stamps_ns[fo], snap.kf_stamps_ns)
+    fk, fhit = lookup(prev.kf_stamps_ns[fo], snap.kf_stamps_ns)
     do = np.argsort(prev.dyn_ids)
-    dk, dhit = _lookup(prev.dyn_ids[do], snap.dyn_ids)
+    dk, dhit = lookup(prev.dyn_ids[do], snap.dyn_ids)
     if not fhit.any() or not dhit.any():
         return 0
     f_new, f_old = np.flatnonzero(fhit), fo[fk[fhit]]

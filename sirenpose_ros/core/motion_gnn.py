@@ -36,6 +36,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from sirenpose_ros.core.ids import lookup
 from sirenpose_ros.core.params import ParamSpec
 
 PARAMS = [
@@ -237,8 +238,7 @@ class MotionFeatures:
         # the pipeline may skip a few tracks for a frame (outside the lens model's valid region).
         if self._ids.size == 0 or ids.size == 0:
             return False
-        k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
-        unseen = self._ids[k] != ids
+        unseen = ~lookup(self._ids, ids)[1]
         return bool(np.mean(unseen & (ids <= self._max_id)) > 0.5)
 
     def __call__(self, obs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -253,9 +253,8 @@ class MotionFeatures:
         hist = np.full((n, max(GAPS), 2), np.nan)
         age = np.zeros(n, np.int64)
         mem = np.full((n, 1 + len(GAPS)), np.nan)
-        if self._ids.size and n:
-            k = np.clip(np.searchsorted(self._ids, ids), 0, self._ids.size - 1)
-            hit = self._ids[k] == ids
+        k, hit = lookup(self._ids, ids)
+        if hit.any():
             hist[hit] = self._hist[k[hit]]
             age[hit] = self._age[k[hit]] + 1
             mem[hit] = self._mem[k[hit]]

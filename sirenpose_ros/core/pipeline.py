@@ -40,6 +40,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from sirenpose_ros.core.ids import lookup
 from sirenpose_ros.core import cloud as cloud_mod
 from sirenpose_ros.core import field as field_mod
 from sirenpose_ros.core.dense import DenseInput, DenseProcess, DenseStage, small_rgb
@@ -480,8 +481,7 @@ class Pipeline:
         track can be triangulated afresh if it measures a static point again. The motion graph
         and the outputs keep the frontend's id (the graph needs the history of each track)."""
         wids = np.array(ids, np.int64)
-        k = np.clip(np.searchsorted(self._wid_from, wids), 0, max(self._wid_from.size - 1, 0))
-        hit = (self._wid_from[k] == wids) if self._wid_from.size else np.zeros(wids.size, bool)
+        k, hit = lookup(self._wid_from, wids)
         wids[hit] = self._wid_to[k[hit]]
         renamed = hit
         if slipped is not None and slipped.any():
@@ -661,10 +661,8 @@ class Pipeline:
         """World velocity per keypoint: from the joint refinement for dynamic tracks, else 0."""
         vel = np.zeros((len(ids), 3), np.float32)
         known_ids, known = self._track_velocity
-        if len(known_ids):
-            pos = np.clip(np.searchsorted(known_ids, ids), 0, len(known_ids) - 1)
-            hit = known_ids[pos] == ids
-            vel[hit] = known[pos[hit]]
+        pos, hit = lookup(known_ids, ids)
+        vel[hit] = known[pos[hit]]
         return vel
 
     def _sparse_cloud(self, frame, xn, p_dyn, ids, wres, px_input) -> Cloud:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from sirenpose_ros.core.ids import lookup
 from sirenpose_ros.core import geometry as geo
 from sirenpose_ros.core.params import ParamSpec
 from sirenpose_ros.core.types import TrackingState
@@ -116,14 +117,6 @@ class WindowResult:
     message: str = ""
     reset: bool = False
     timings_ms: dict = field(default_factory=dict)
-
-
-def _lookup(sorted_ids: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of each query id in ``sorted_ids`` and whether it is present."""
-    if sorted_ids.size == 0 or query.size == 0:
-        return np.zeros(query.shape[0], np.int64), np.zeros(query.shape[0], bool)
-    k = np.clip(np.searchsorted(sorted_ids, query), 0, sorted_ids.size - 1)
-    return k, sorted_ids[k] == query
 
 
 def _proj_jacobians(Xc: np.ndarray, f: float):
@@ -505,7 +498,7 @@ class SlidingWindowEstimator:
         if self.cfg.window_static_world:
             p_dynamic = np.zeros_like(p_dynamic)
         # Landmarks take the current probability of their track.
-        k, hit = _lookup(self.lm_ids, ids)
+        k, hit = lookup(self.lm_ids, ids)
         self.lm_p[k[hit]] = p_dynamic[hit]
         is_kf = pend["is_init"]
         T_cw = pend["T_cw"]              # at initialisation, the new keyframe's pose
@@ -530,7 +523,7 @@ class SlidingWindowEstimator:
         T_wc, cov, vel = pend["out"]
         self._history.append((pend["stamp"], T_wc))
         # Landmark depth per track (the field stage consumes it).
-        k, hit = _lookup(self.lm_ids, ids)
+        k, hit = lookup(self.lm_ids, ids)
         depth = np.full(ids.shape[0], np.nan)
         if hit.any():
             depth[hit] = geo.transform(T_cw, self.lm_X[k[hit]])[:, 2]
@@ -569,7 +562,7 @@ class SlidingWindowEstimator:
         out = np.full(ids.shape[0], np.nan)
         if T_world_cam is None or not self.keyframes or ids.size == 0 or getattr(self, "_f", 0) <= 0:
             return out
-        _, is_lm = _lookup(self.lm_ids, ids)
+        _, is_lm = lookup(self.lm_ids, ids)
         todo = ~is_lm
         C2 = T_world_cam[:3, 3]
         b2 = geo.bearings(xn) @ T_world_cam[:3, :3].T          # unit world bearings
@@ -578,7 +571,7 @@ class SlidingWindowEstimator:
         for kf in self.keyframes:                  # oldest first: the widest baseline
             if not todo.any():
                 break
-            kk, seen = _lookup(kf.ids, ids)
+            kk, seen = lookup(kf.ids, ids)
             sel = np.flatnonzero(todo & seen)
             if sel.size == 0:
                 continue
@@ -628,7 +621,7 @@ class SlidingWindowEstimator:
         if not self._recent:
             return None
         old_ids, old_xn = self._recent[0]
-        k, hit = _lookup(old_ids, ids)
+        k, hit = lookup(old_ids, ids)
         usable = hit & (p_prior < c.window_dynamic_threshold)
         if usable.sum() < c.window_min_inliers:
             return None
@@ -657,7 +650,7 @@ class SlidingWindowEstimator:
             rot = self._rotation_pose(self._ref, ids, xn, np.ones(n, bool), p_prior, identity=True)
             return self._not_initialised("reference frame set", rot, n)
         ref = self._ref
-        k, hit = _lookup(np.sort(ref["ids"]), ids)
+        k, hit = lookup(np.sort(ref["ids"]), ids)
         order = np.argsort(ref["ids"])
         ref_xn = ref["xn"][order]
         usable = hit & (p_prior < c.window_dynamic_threshold)
@@ -753,7 +746,7 @@ class SlidingWindowEstimator:
         msg = (f"re-initialised ({self.lm_ids.size} landmarks); scale may differ from before the loss"
                if was_lost else f"initialised ({self.lm_ids.size} landmarks)")
         # Pose information at the initial pose (for the covariance), as in tracking.
-        k, hit = _lookup(self.lm_ids, ids)
+        k, hit = lookup(self.lm_ids, ids)
         _, self._info = refine_pose(T_cw, self.lm_X[k[hit]], xn[hit], np.ones(int(hit.sum())),
                                     self._f, c.window_huber_px, 1)
         e = np.linalg.norm(geo.reprojection_error(T_cw, self.lm_X[k[hit]], xn[hit]), axis=1) * self._f
@@ -1021,7 +1014,7 @@ class SlidingWindowEstimator:
         z = Xs[:, 2]
         s = ref["depth_target"] / np.median(z[front])
         if ref.get("depth") is not None and ids_u is not None:
-            k, hit = _lookup(np.sort(ref["ids"]), ids_u)
+            k, hit = lookup(np.sort(ref["ids"]), ids_u)
             old = np.asarray(ref["depth"])[np.argsort(ref["ids"])][k]
             both = hit & front & np.isfinite(old) & (old > 0)
             if both.sum() >= self.cfg.window_min_inliers:
@@ -1119,7 +1112,7 @@ class SlidingWindowEstimator:
         z = geo.transform(T_ref_w, self.lm_X)[:, 2]
         s = z_before / np.median(z)
         if ref.get("depth") is not None:
-            k, hit = _lookup(self.lm_ids, np.asarray(ref["ids"]))
+            k, hit = lookup(self.lm_ids, np.asarray(ref["ids"]))
             old = np.asarray(ref["depth"])
             both = hit & np.isfinite(old) & (old > 0)
             if both.sum() >= self.cfg.window_min_inliers:
@@ -1157,7 +1150,7 @@ class SlidingWindowEstimator:
     def _track(self, stamp_ns, ids, xn, p_prior) -> PoseEstimate | None:
         c = self.cfg
         f = self._f
-        k, hit = _lookup(self.lm_ids, ids)
+        k, hit = lookup(self.lm_ids, ids)
         X = self.lm_X[k[hit]]
         x = xn[hit]
         p = np.maximum(p_prior[hit], self.lm_p[k[hit]])
@@ -1219,7 +1212,7 @@ class SlidingWindowEstimator:
         residual of 0.2-0.6 px)."""
         f = self._f
         res = np.full((ids.shape[0], 2), np.nan)
-        k, hit = _lookup(self.lm_ids, ids)
+        k, hit = lookup(self.lm_ids, ids)
         if hit.any():
             r = geo.reprojection_error(T_cw, self.lm_X[k[hit]], xn[hit]) * f
             r[~np.isfinite(r)] = 1e3          # behind the camera: clearly not static
@@ -1228,7 +1221,7 @@ class SlidingWindowEstimator:
         for kf in self.keyframes:             # oldest first
             if not todo.any():
                 break
-            kk, seen = _lookup(kf.ids, ids)
+            kk, seen = lookup(kf.ids, ids)
             sel = seen & todo
             if not sel.any():
                 continue
@@ -1243,7 +1236,7 @@ class SlidingWindowEstimator:
     def _need_keyframe(self, ids, xn, tracked_lm) -> bool:
         c = self.cfg
         kf = self.keyframes[-1]
-        kk, seen = _lookup(kf.ids, ids)
+        kk, seen = lookup(kf.ids, ids)
         if seen.sum() == 0:
             return True
         motion = np.median(np.linalg.norm(xn[seen] - kf.xn[kk[seen]], axis=1)) * self._f
@@ -1292,7 +1285,7 @@ class SlidingWindowEstimator:
         if job.generation != self._map_generation:
             return False
         m = job.map
-        k, hit = _lookup(self.lm_ids, m.lm_ids)
+        k, hit = lookup(self.lm_ids, m.lm_ids)
         lm_p = m.lm_p.copy()
         lm_p[hit] = self.lm_p[k[hit]]
         self.keyframes, self.lm_ids, self.lm_X, self.lm_p = m.keyframes, m.lm_ids, m.lm_X, lm_p
@@ -1309,7 +1302,7 @@ class SlidingWindowEstimator:
         while len(self.keyframes) > self.cfg.window_size_keyframes:
             self.keyframes.pop(0)
         self._drop_unobserved()
-        _, hit = _lookup(self.lm_ids, self.keyframes[-1].ids)
+        _, hit = lookup(self.lm_ids, self.keyframes[-1].ids)
         self._kf_landmarks_seen = int(hit.sum())
 
     def _triangulate_new(self, ids, xn, p_dynamic) -> None:
@@ -1317,14 +1310,14 @@ class SlidingWindowEstimator:
         (the oldest one, for the widest baseline)."""
         c = self.cfg
         cur = self.keyframes[-1]
-        _, is_lm = _lookup(self.lm_ids, ids)
+        _, is_lm = lookup(self.lm_ids, ids)
         todo = ~is_lm & (p_dynamic < c.window_dynamic_threshold)
         new_ids, new_X = [], []
         C2 = geo.invert(cur.T_cw)[:3, 3]
         for kf in self.keyframes[:-1]:
             if not todo.any():
                 break
-            kk, seen = _lookup(kf.ids, ids)
+            kk, seen = lookup(kf.ids, ids)
             sel = todo & seen
             if not sel.any():
                 continue
@@ -1360,7 +1353,7 @@ class SlidingWindowEstimator:
         for kf in self.keyframes[:-1]:
             if kf is skip:
                 continue
-            kk, seen = _lookup(kf.ids, ids)
+            kk, seen = lookup(kf.ids, ids)
             if not seen.any():
                 continue
             e = np.linalg.norm(geo.reprojection_error(kf.T_cw, X[seen], kf.xn[kk[seen]]), axis=1) * self._f
@@ -1371,7 +1364,7 @@ class SlidingWindowEstimator:
         """All (keyframe, landmark) observations in the window as flat arrays."""
         kfi, lmi, obs = [], [], []
         for i, kf in enumerate(self.keyframes):
-            k, hit = _lookup(self.lm_ids, kf.ids)
+            k, hit = lookup(self.lm_ids, kf.ids)
             kfi.append(np.full(hit.sum(), i))
             lmi.append(k[hit])
             obs.append(kf.xn[hit])
@@ -1500,7 +1493,7 @@ class SlidingWindowEstimator:
             return
         seen = np.zeros(self.lm_ids.size, bool)
         for kf in self.keyframes:
-            k, hit = _lookup(self.lm_ids, kf.ids)
+            k, hit = lookup(self.lm_ids, kf.ids)
             seen[k[hit]] = True
         self._remove_landmarks(~seen)
 
