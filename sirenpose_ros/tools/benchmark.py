@@ -545,7 +545,8 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
         runner.submit(Frame(int(stamps[i]), gray, rgb, camera))
     if prewarm > 0:
         runner.reset()                    # drains first; the measured run starts a new map
-        errors.clear()
+        # Errors during the pre-warm stay in the report, marked as such.
+        errors[:] = [f"prewarm: {e}" for e in errors]
         measuring[0] = True
     slot = {"i": None}
     cond = threading.Condition()
