@@ -15,10 +15,11 @@
 #          CUDA tests, the frontend micro-benchmark on/off, and a same-machine A/B of the 60 Hz
 #          camera runs, alternating on/off so that drift of the host hits both alike
 #   rt60g: run 10e, one round of run 10b's A/B (for an H200)
+#   rt60h: run 11, the two-view initialisation in the map stage on/off (window_async_init)
 #   rt60f: run 10b, the same A/B with --prewarm 60 (start-up out of the measured run), and the
 #          CUDA tests with their log in $OUT
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e|rt60e-diag|rt60f|rt60g [commit]}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e|rt60e-diag|rt60f|rt60g|rt60h [commit]}"
 commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -77,6 +78,17 @@ elif [ "$stage" = rt60f ]; then
     for fg in true false; do
       bench --size 640x480,1280x720 --label xfeat-cam60-prewarm-framegraph-$fg-r$r $x --param xfeat_cuda_graph:=$fg \
             --json "$OUT/rt10b_x_cam60_${fg}_r$r.json"
+    done
+  done
+elif [ "$stage" = rt60h ]; then
+  # Run 11: the two-view initialisation in the map stage (window_async_init) against the pose
+  # stage, two rounds alternating on one machine, 60 Hz camera, learned frontend (frame graph),
+  # dense clouds, start-up out of the measured run; the map's initialisation is measured.
+  x="--staged --fps 60 --prewarm 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --camera-rate 60"
+  for r in 1 2; do
+    for ai in true false; do
+      bench --size 640x480,1280x720 --label xfeat-cam60-asyncinit-$ai-r$r $x --param window_async_init:=$ai \
+            --json "$OUT/rt11_x_cam60_asyncinit_${ai}_r$r.json"
     done
   done
 elif [ "$stage" = rt60g ]; then

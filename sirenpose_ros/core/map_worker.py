@@ -18,6 +18,8 @@ from sirenpose_ros.core.child import ChildStage, ChildWorker, serve
 
 # Attributes of a window's map that a MapJob reads and writes.
 MAP_STATE = ("keyframes", "lm_ids", "lm_X", "lm_p", "_f", "_kf_landmarks_seen")
+# What an InitJob reads: it builds the map from its own arguments.
+INIT_STATE = ("_f", "state")
 
 
 class _MapStage:
@@ -34,6 +36,12 @@ class _MapStage:
             setattr(self.window, k, v)
         self.window._add_keyframe(*keyframe_args)
         return {k: getattr(self.window, k) for k in MAP_STATE}
+
+    def init(self, state: dict, init_args: tuple):
+        for k, v in state.items():
+            setattr(self.window, k, v)
+        result = self.window.initial_map(*init_args)
+        return {k: getattr(self.window, k) for k in MAP_STATE}, result
 
     def joint(self, snap, frozen):
         return self.refiner.refine(snap, frozen.module() if frozen is not None else None)
@@ -57,9 +65,16 @@ class MapWorker(ChildStage):
                                   start_timeout_s)
 
     def run_map_job(self, job) -> None:
-        """``job.run()`` in the child: the job's map copy receives the result."""
-        state = {k: getattr(job.map, k) for k in MAP_STATE}
-        for k, v in self._child.call("map", state, job.keyframe_args).items():
+        """``job.run()`` in the child: the job's map copy receives the result (a MapJob's
+        keyframe insertion, or an InitJob's initial map and outcome)."""
+        from sirenpose_ros.core.window import InitJob
+        if isinstance(job, InitJob):
+            state = {k: getattr(job.map, k) for k in INIT_STATE}
+            new_map, (job.why, job.outcome) = self._child.call("init", state, job.init_args)
+        else:
+            state = {k: getattr(job.map, k) for k in MAP_STATE}
+            new_map = self._child.call("map", state, job.keyframe_args)
+        for k, v in new_map.items():
             setattr(job.map, k, v)
 
     def refine(self, snap, frozen_field=None):

@@ -52,7 +52,7 @@ from sirenpose_ros.core.map_worker import MapWorker, refines_in_child
 from sirenpose_ros.core.params import ParamSpec
 from sirenpose_ros.core.types import Cloud, Frame, FrameResult, PoseOutput, TrackingState
 from sirenpose_ros.core.camera import CameraModel
-from sirenpose_ros.core.window import SlidingWindowEstimator
+from sirenpose_ros.core.window import InitJob, SlidingWindowEstimator
 
 log = logging.getLogger(__name__)
 
@@ -621,7 +621,8 @@ class Pipeline:
 
     def insert_keyframe(self, ctx: dict) -> None:
         """Keyframe insertion for a job of :meth:`take_dense_job` (whichever keyframe is
-        pending: the window decides no new one until the last is committed)."""
+        pending: the window decides no new one until the last is committed), or the two-view
+        initialisation pending in the window (``window_async_init``)."""
         timings = ctx["result"].timings_ms
         with self.lock:
             job = self.window.begin_map_job()
@@ -633,7 +634,7 @@ class Pipeline:
                     self._map_worker.run_map_job(job)
                 else:
                     job.run()
-                timings["map"] = (time.perf_counter() - t0) * 1e3
+                timings["init" if isinstance(job, InitJob) else "map"] = (time.perf_counter() - t0) * 1e3
                 done = True
             finally:
                 with self.lock:

@@ -16,7 +16,9 @@ frame k+1's keypoints are computed while frame k's pose is solved and frame k-1'
    ``pipeline_map_process``) so that it does not compete for the GIL with the pose stage. It has
    its own thread so that a new keyframe enters the window as soon as possible (tracking on a
    map that lags behind a fast camera loses landmarks, and the pose stage waits for a map that
-   lags too far), not after the field fit of an earlier frame.
+   lags too far), not after the field fit of an earlier frame. Before a map exists it also runs
+   the two-view initialisation (``window_async_init``): an analysis of 80-190 ms that would
+   otherwise hold the pose stage (and drop the camera frames behind it) at every attempt.
 5. refine (thread ``sirenpose-refine``, after each keyframe insertion): ``Pipeline.refine_window``:
    the SirenPose joint refinement of the window (in a second child process). On its own thread
    so that a refinement (tens of milliseconds to 0.1 s) never delays the next keyframe's
@@ -196,11 +198,12 @@ class StagedRunner:
 
     def _offer_dense(self, job: dict) -> None:
         with self._cond:
-            if job["wres"].is_keyframe:
+            if job["wres"].is_keyframe or job["wres"].init_pending:
                 # The window decides no new keyframe until the last one is committed, so a job
                 # still waiting here can only be a keyframe whose insertion is done or not needed
                 # (initialisation); the newer job takes its place (map_job inserts whatever
-                # keyframe is pending, and refines the window as it is then).
+                # keyframe, or runs whatever two-view initialisation, is pending, and refines
+                # the window as it is then).
                 self._map_in = job
             waiting = self._dense_in
             if waiting is not None and waiting["wres"].is_keyframe and not job["wres"].is_keyframe:

@@ -67,6 +67,7 @@ PARAMS = [
     ParamSpec("window_rotation_hypotheses", 64, "Two-point RANSAC hypotheses of the pure-rotation model.", 8, 2000),
     ParamSpec("window_rotation_translation_std", 0.5, "Standard deviation of each position coordinate of a rotation-only pose, in units of the reference's median scene depth (large: the translation is held, not measured).", 0.0, 1000.0),
     ParamSpec("window_provisional_poses", True, "Before (re-)initialisation, when no rotation-only pose holds, publish the two-view pose of the frame w.r.t. the reference (essential matrix; translation scaled as the map will be: median depth of its inliers in the reference = the reference's depth target) if its position is determinate (window_provisional_max_position): frames before the map get a pose in the map's world frame and scale.", None, None),
+    ParamSpec("window_async_init", True, "Staged mode (the live node): the two-view analysis before a map exists (essential-matrix candidates, their polish and gates, the initial map and its bundle adjustment: 80-190 ms per attempt) runs in the map stage instead of the pose stage, which keeps publishing rotation-only poses meanwhile; the map then starts from the newest frame the map stage analysed, and the frames after it are tracked on it. Off: each frame is analysed on the pose stage (its TF waits, and a 60 Hz camera drops the frames behind it), as in frame-after-frame processing, which always does so; provisional two-view poses (window_provisional_poses) exist only then.", None, None),
     ParamSpec("window_provisional_max_position", 0.002, "A provisional two-view pose is published only while its position uncertainty (1 sigma of the translation direction and of the scale, and the spread of rival two-view solutions) is below this share of the reference's median scene depth.", 0.0, 1.0),
     ParamSpec("window_provisional_max_depth_error", 0.2, "A provisional two-view pose is published only while the median relative depth uncertainty of its points (see window_init_max_depth_error) is below this.", 0.001, 10.0),
     ParamSpec("window_provisional_max_rotation_deg", 0.1, "A provisional two-view pose is published only while its rotation uncertainty (1 sigma, and the spread of rival solutions) is below this (degrees).", 0.0, 10.0),
@@ -117,6 +118,7 @@ class WindowResult:
     message: str = ""
     reset: bool = False
     timings_ms: dict = field(default_factory=dict)
+    init_pending: bool = False         # a two-view initialisation waits for the map stage
 
 
 def _proj_jacobians(Xc: np.ndarray, f: float):
@@ -391,6 +393,8 @@ class SlidingWindowEstimator:
         # True: keyframes are inserted by MapJobs the caller runs (on another thread), never
         # inline by estimate_pose().
         self.async_mapping = async_mapping
+        # The two-view initialisation also goes to the map stage (window_async_init).
+        self.init_async = bool(async_mapping and cfg.window_async_init)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -402,6 +406,9 @@ class SlidingWindowEstimator:
         self._last_good = None         # dict(ids, xn, T_wc, median_depth, stamp) of last tracked frame
         self._pending = None           # data carried from estimate_pose to update_map
         self._deferred_kf = None       # keyframe decided by update_map, inserted by finish_keyframe
+        self._deferred_init = None     # two-view initialisation for the map stage (init_async)
+        self._init_news = None         # (message, ends a loss) of an initialisation committed by
+                                       # the map stage, for the next tracked frame to report
         self._map_job_open = False     # a MapJob is running on a copy of the map (another thread)
         self.keyframe_blocked = False  # the last frame wanted a keyframe while the map was busy
         self.keyframe_blocked_since_ns = None   # ... stamp of the first of such frames in a row
@@ -462,7 +469,14 @@ class SlidingWindowEstimator:
         self._pending = dict(stamp=stamp_ns, ids=ids, xn=xn, is_init=False, reset=False)
         if self.state == TrackingState.TRACKING:
             est = self._track(stamp_ns, ids, xn, p_prior)
+            news, self._init_news = self._init_news, None
             if est is not None:
+                if news is not None:
+                    msg, was_lost, init_stamp = news
+                    est.message = (f"{msg}, by the map stage from the frame "
+                                   f"{(stamp_ns - init_stamp) * 1e-6:.0f} ms before this one")
+                    est.reset = was_lost
+                    self._pending.update(message=est.message, reset=was_lost)
                 return est
             # Lost: keep the last good frame as the reference of the next initialisation.
             self.state = TrackingState.LOST
@@ -483,6 +497,11 @@ class SlidingWindowEstimator:
     def update_map(self, p_dynamic: np.ndarray) -> WindowResult:
         """Keyframe decision, triangulation, bundle adjustment and culling for the frame given to
         the last :meth:`estimate_pose`, with each track's dynamic probability ``p_dynamic``."""
+        res = self._update_map(p_dynamic)
+        res.init_pending = self._deferred_init is not None
+        return res
+
+    def _update_map(self, p_dynamic: np.ndarray) -> WindowResult:
         pend, self._pending = self._pending, None
         if pend is not None and "rot" in pend:
             # Rotation-only pose (before initialisation): no map to update.
@@ -603,10 +622,7 @@ class SlidingWindowEstimator:
         self._evidence = self._motion_evidence(ids, xn, p_prior)
         o = np.argsort(ids)
         self._recent.append((ids[o], xn[o]))
-        est = self._initialise_from_ref(stamp_ns, ids, xn, p_prior)
-        if est.state == TrackingState.TRACKING and self.state == TrackingState.TRACKING:
-            self._recent.clear()          # initialised: the map's residuals take over
-        return est
+        return self._initialise_from_ref(stamp_ns, ids, xn, p_prior)
 
     def _motion_evidence(self, ids, xn, p_prior) -> np.ndarray | None:
         """Residual (N, 2) pixels of each track against the dominant pure rotation over the last
@@ -678,7 +694,8 @@ class SlidingWindowEstimator:
             return self._not_initialised("waiting for parallax", rot, n)
         # Without a rotation-only pose, the two-view geometry is worked out even on a short
         # baseline: it may give this frame a provisional pose.
-        provisional = rot is None and c.window_provisional_poses
+        # (Not with init_async: the two-view geometry is then worked out in the map stage.)
+        provisional = rot is None and c.window_provisional_poses and not self.init_async
         # The map itself waits until the image motion is large too: initialising on the first
         # baseline that the two-view tests accept gave less accurate trajectories on the
         # synthetic presets (the first keyframes stay fixed in the bundle adjustment), and the
@@ -686,13 +703,43 @@ class SlidingWindowEstimator:
         flow = float(np.median(np.linalg.norm(x2 - x1, axis=1)))
         if flow < np.tan(np.radians(c.window_init_min_parallax_deg)) and not provisional:
             return self._not_initialised("waiting for parallax", rot, n)
-        why, tv = self._relative_pose(x1, x2, early_exit=not provisional)
-        if why is None and flow < np.tan(np.radians(c.window_init_min_parallax_deg)):
-            why = "waiting for parallax"
+        if self.init_async:
+            # The two-view analysis (tens to hundreds of milliseconds) goes to the map stage; this
+            # frame keeps its rotation-only pose, if any. A frame arriving before the stage took
+            # the job replaces it: the newest frame has the most parallax.
+            if self._map_job_open:
+                return self._not_initialised("two-view geometry being analysed", rot, n)
+            self._deferred_init = (ref, stamp_ns, ids, xn, p_prior, usable, x1, x2)
+            return self._not_initialised("two-view geometry handed to the map stage", rot, n)
+        why, tv, T_cw = self._build_initial_map(ref, stamp_ns, ids, xn, p_prior, usable, x1, x2,
+                                                early_exit=not provisional)
         if why is not None:
             if provisional and tv is not None:
                 rot = self._provisional_pose(ref, tv, x1, x2, usable, n)
             return self._not_initialised(why, rot, n)
+        was_lost = self._start_tracking(ref)
+        msg = self._init_message(was_lost)
+        self._info, self._sigma2 = self._pose_information(T_cw, ids, xn)
+        residual, has_lm = self._residuals(ids, xn, T_cw)
+        self._pending.update(T_cw=T_cw, is_init=True, reset=was_lost, message=msg)
+        inliers = has_lm & (np.linalg.norm(residual, axis=1) < c.window_inlier_px)
+        return PoseEstimate(TrackingState.TRACKING, geo.invert(T_cw), residual, has_lm, inliers,
+                            message=msg, reset=was_lost)
+
+    def _build_initial_map(self, ref, stamp_ns, ids, xn, p_prior, usable, x1, x2, early_exit=True):
+        """Two-view geometry of the frame (``x2``) w.r.t. the reference (``x1``, the ``usable``
+        tracks) and, when it is good enough, the initial map (reference and frame as keyframes,
+        their points triangulated and bundle-adjusted, at the reference's scale), replacing this
+        estimator's map. Returns (why, tv, T_cw): ``why`` None and the frame's T_cam_world on
+        success, else why not (``tv`` as :meth:`_relative_pose`). Reads the configuration and
+        the focal length only, so that it can run on a copy (:class:`InitJob`)."""
+        c = self.cfg
+        why, tv = self._relative_pose(x1, x2, early_exit=early_exit)
+        flow = float(np.median(np.linalg.norm(x2 - x1, axis=1)))
+        if why is None and flow < np.tan(np.radians(c.window_init_min_parallax_deg)):
+            why = "waiting for parallax"
+        if why is not None:
+            return why, tv, None
         R, t, inl = tv["R"], tv["t"], tv["inl"]
         T21 = geo.make_T(R, t)
         X1 = geo.triangulate(np.eye(4)[:3], T21[:3], x1, x2)
@@ -705,15 +752,10 @@ class SlidingWindowEstimator:
         par = geo.parallax_deg(np.zeros(3), geo.invert(T21)[:3, 3], X1s)
         good &= (z1 > 0) & (z2 > 0) & (e1 < c.window_inlier_px) & (e2 < c.window_inlier_px)
         good &= par > c.window_tri_min_parallax_deg
-        why = None
         if good.sum() < c.window_init_min_points:
-            why = f"only {int(good.sum())} good points"
-        elif float(np.median(geo.ray_angle_deg(R, x1[inl], x2[inl]))) < c.window_init_min_parallax_deg:
-            why = "waiting for parallax"
-        if why is not None:
-            if provisional:
-                rot = self._provisional_pose(ref, tv, x1, x2, usable, n)
-            return self._not_initialised(why, rot, n)
+            return f"only {int(good.sum())} good points", tv, None
+        if float(np.median(geo.ray_angle_deg(R, x1[inl], x2[inl]))) < c.window_init_min_parallax_deg:
+            return "waiting for parallax", tv, None
         # Scale convention: median landmark depth in the reference camera = depth_target.
         # The median runs over every inlier in front of both cameras, not only the well-
         # triangulated ones kept as landmarks: those are biased towards near points on a short
@@ -732,31 +774,44 @@ class SlidingWindowEstimator:
         self.lm_p = np.zeros(self.lm_ids.size)
         ro = np.argsort(ref["ids"])
         self.keyframes = [Keyframe(ref["stamp"], T_ref_w, ref["ids"][ro], ref["xn"][ro])]
-        T_cw = T21 @ T_ref_w
         z_before = float(np.median(geo.transform(T_ref_w, self.lm_X)[:, 2]))
-        self._add_keyframe(stamp_ns, ids, xn, T_cw, p_prior, triangulate=False)
+        self._add_keyframe(stamp_ns, ids, xn, T21 @ T_ref_w, p_prior, triangulate=False)
         self._rescale(T_w_ref, ref, z_before)
-        T_cw = self.keyframes[-1].T_cw
+        return None, tv, self.keyframes[-1].T_cw
+
+    def initial_map(self, ref, stamp_ns, ids, xn, p_prior, usable, x1, x2):
+        """What an :class:`InitJob` runs: :meth:`_build_initial_map` on this estimator (a copy),
+        then the pose information at the frame's pose. Returns (why, outcome)."""
+        why, _, T_cw = self._build_initial_map(ref, stamp_ns, ids, xn, p_prior, usable, x1, x2)
+        if why is not None:
+            return why, None
+        return None, (T_cw, *self._pose_information(T_cw, ids, xn))
+
+    def _start_tracking(self, ref) -> bool:
+        """State change once the initial map is in place; returns whether it ends a loss."""
         was_lost = self.state == TrackingState.LOST
         self.state = TrackingState.TRACKING
         self._ref = None
+        self._recent.clear()              # initialised: the map's residuals take over
         # Motion model restarts from the two initial views.
         self._history.clear()
-        self._history.append((ref["stamp"], T_w_ref))
-        msg = (f"re-initialised ({self.lm_ids.size} landmarks); scale may differ from before the loss"
-               if was_lost else f"initialised ({self.lm_ids.size} landmarks)")
-        # Pose information at the initial pose (for the covariance), as in tracking.
+        self._history.append((ref["stamp"], ref["T_wc"]))
+        return was_lost
+
+    def _init_message(self, was_lost: bool) -> str:
+        return (f"re-initialised ({self.lm_ids.size} landmarks); scale may differ from before the loss"
+                if was_lost else f"initialised ({self.lm_ids.size} landmarks)")
+
+    def _pose_information(self, T_cw, ids, xn) -> tuple[np.ndarray, float]:
+        """Pose information and residual variance at the initial pose (for the covariance), as
+        in tracking."""
+        c = self.cfg
         k, hit = lookup(self.lm_ids, ids)
-        _, self._info = refine_pose(T_cw, self.lm_X[k[hit]], xn[hit], np.ones(int(hit.sum())),
-                                    self._f, c.window_huber_px, 1)
+        _, info = refine_pose(T_cw, self.lm_X[k[hit]], xn[hit], np.ones(int(hit.sum())),
+                              self._f, c.window_huber_px, 1)
         e = np.linalg.norm(geo.reprojection_error(T_cw, self.lm_X[k[hit]], xn[hit]), axis=1) * self._f
         e = e[e < c.window_inlier_px]
-        self._sigma2 = max(float(np.sum(e ** 2) / max(2 * e.size - 6, 1)), 0.05)
-        residual, has_lm = self._residuals(ids, xn, T_cw)
-        self._pending.update(T_cw=T_cw, is_init=True, reset=was_lost, message=msg)
-        inliers = has_lm & (np.linalg.norm(residual, axis=1) < c.window_inlier_px)
-        return PoseEstimate(TrackingState.TRACKING, geo.invert(T_cw), residual, has_lm, inliers,
-                            message=msg, reset=was_lost)
+        return info, max(float(np.sum(e ** 2) / max(2 * e.size - 6, 1)), 0.05)
 
     def _not_initialised(self, why: str, rot: dict | None, n: int) -> PoseEstimate:
         """Estimate of a frame that did not initialise: the rotation-only or provisional
@@ -1260,13 +1315,23 @@ class SlidingWindowEstimator:
 
     @property
     def map_busy(self) -> bool:
-        """A decided keyframe has not been committed to the map yet."""
-        return self._map_job_open or self._deferred_kf is not None
+        """A decided keyframe (or initialisation) has not been committed to the map yet."""
+        return self._map_job_open or self._deferred_kf is not None or self._deferred_init is not None
 
-    def begin_map_job(self) -> "MapJob | None":
+    @property
+    def init_pending(self) -> bool:
+        """A two-view initialisation waits for the map stage (:meth:`begin_map_job`)."""
+        return self._deferred_init is not None
+
+    def begin_map_job(self) -> "MapJob | InitJob | None":
         """Take the pending keyframe into a :class:`MapJob` working on a copy of the map, so
         that triangulation and bundle adjustment can run on another thread while this estimator
-        keeps tracking on the current map. None when no keyframe is pending."""
+        keeps tracking on the current map; or the pending two-view initialisation into an
+        :class:`InitJob`. None when neither is pending."""
+        if self._deferred_init is not None:
+            args, self._deferred_init = self._deferred_init, None
+            self._map_job_open = True
+            return InitJob(self, args)
         if self._deferred_kf is None:
             return None
         args, self._deferred_kf = self._deferred_kf, None
@@ -1284,12 +1349,38 @@ class SlidingWindowEstimator:
         self._map_job_open = False
         if job.generation != self._map_generation:
             return False
+        if isinstance(job, InitJob):
+            return self._commit_init(job)
         m = job.map
         k, hit = lookup(self.lm_ids, m.lm_ids)
         lm_p = m.lm_p.copy()
         lm_p[hit] = self.lm_p[k[hit]]
         self.keyframes, self.lm_ids, self.lm_X, self.lm_p = m.keyframes, m.lm_ids, m.lm_X, lm_p
         self._kf_landmarks_seen = m._kf_landmarks_seen
+        return True
+
+    def _commit_init(self, job: "InitJob") -> bool:
+        """Install the initial map an :class:`InitJob` built, if it built one and the estimator is
+        still waiting for it. The frames processed since then had no map: the next one is
+        tracked on this map from the job frame's pose (the motion model continues from the
+        reference and the job's frame)."""
+        if job.outcome is None or self.state == TrackingState.TRACKING:
+            return False
+        m = job.map
+        self.keyframes, self.lm_ids, self.lm_X, self.lm_p = m.keyframes, m.lm_ids, m.lm_X, m.lm_p
+        self._kf_landmarks_seen = m._kf_landmarks_seen
+        self._frames_since_kf = 0
+        ref, stamp_ns, ids, xn = job.init_args[:4]
+        T_cw, self._info, self._sigma2 = job.outcome
+        was_lost = self._start_tracking(ref)
+        T_wc = geo.invert(T_cw)
+        self._history.append((stamp_ns, T_wc))
+        k, hit = lookup(self.lm_ids, ids)
+        depth = np.full(ids.shape[0], np.nan)
+        depth[hit] = geo.transform(T_cw, self.lm_X[k[hit]])[:, 2]
+        self._last_good = dict(ids=ids, xn=xn, T_wc=T_wc, stamp=stamp_ns, depth=depth,
+                               depth_target=float(np.nanmedian(depth)) if hit.any() else 1.0)
+        self._init_news = (self._init_message(was_lost), was_lost, stamp_ns)
         return True
 
     def _add_keyframe(self, stamp_ns, ids, xn, T_cw, p_dynamic, triangulate=True) -> None:
@@ -1551,3 +1642,25 @@ class MapJob:
 
     def run(self) -> None:
         self.map._add_keyframe(*self.keyframe_args)
+
+
+class InitJob:
+    """The two-view initialisation of :meth:`SlidingWindowEstimator.begin_map_job` (with
+    ``init_async``): the essential-matrix analysis and the initial map, on a copy of the
+    estimator, so that the pose stage keeps taking frames meanwhile (the analysis takes tens to
+    hundreds of milliseconds: several frames of a 60 Hz camera). ``run()`` needs no lock;
+    ``commit_map_job`` installs the map. ``outcome``: (T_cam_world of the job's frame, pose
+    information, residual variance) when a map was built, else None (``why`` says why not)."""
+
+    def __init__(self, window: SlidingWindowEstimator, init_args):
+        self.generation = window._map_generation
+        self.init_args = init_args      # (ref, stamp_ns, ids, xn, p_prior, usable, x1, x2)
+        m = object.__new__(SlidingWindowEstimator)
+        m.__dict__.update(window.__dict__)
+        m.keyframes = []                # the copy builds its own map; the window's stays as it is
+        self.map = m
+        self.outcome = None
+        self.why = "not run"
+
+    def run(self) -> None:
+        self.why, self.outcome = self.map.initial_map(*self.init_args)

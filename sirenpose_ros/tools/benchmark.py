@@ -49,8 +49,8 @@ from sirenpose_ros.io.tum import matrix_to_quat
 
 # Display order and names of the stages; stages the pipeline reports under other names are
 # shown too, before the dense ones.
-STAGE_ORDER = ("decode", "frontend", "matching", "gnn", "graph", "window", "map", "joint", "field",
-               "cloud", "publish_tf", "publish_cloud", "other")
+STAGE_ORDER = ("decode", "frontend", "matching", "gnn", "graph", "window", "init", "map", "joint",
+               "field", "cloud", "publish_tf", "publish_cloud", "other")
 STAGE_NAMES = {
     "decode": "image conversion (rgb8 bytes -> gray + rgb)",
     "frontend": "keypoints (detection/tracking; matching too unless reported apart)",
@@ -58,6 +58,8 @@ STAGE_NAMES = {
     "gnn": "motion GNN",
     "graph": "keypoint graph + dynamic probability (motion GNN when enabled)",
     "window": "window solve (pose, keyframe decision; sequential mode also triangulation + BA)",
+    "init": "two-view initialisation before a map exists (staged: in the map worker, "
+            "window_async_init)",
     "map": "keyframe insertion (triangulation, bundle adjustment; after the pose is published; "
            "staged: in the map worker)",
     "joint": "SirenPose joint window refinement (keyframes only; after the pose is published)",
