@@ -16,10 +16,11 @@
 #          camera runs, alternating on/off so that drift of the host hits both alike
 #   rt60g: run 10e, one round of run 10b's A/B (for an H200)
 #   rt60h: run 11, the two-view initialisation in the map stage on/off (window_async_init)
+#   rt60i: run 11b, more rounds of run 11, with tracking events in the JSON
 #   rt60f: run 10b, the same A/B with --prewarm 60 (start-up out of the measured run), and the
 #          CUDA tests with their log in $OUT
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e|rt60e-diag|rt60f|rt60g|rt60h [commit]}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e|rt60e-diag|rt60f|rt60g|rt60h|rt60i [commit]}"
 commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -90,6 +91,15 @@ elif [ "$stage" = rt60h ]; then
       bench --size 640x480,1280x720 --label xfeat-cam60-asyncinit-$ai-r$r $x --param window_async_init:=$ai \
             --json "$OUT/rt11_x_cam60_asyncinit_${ai}_r$r.json"
     done
+  done
+elif [ "$stage" = rt60i ]; then
+  # Run 11b: more rounds of run 11 (three with the initialisation in the map stage, one
+  # without), now with the pipeline's tracking events in the JSON.
+  x="--staged --fps 60 --prewarm 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --camera-rate 60"
+  for run in true-r3 true-r4 false-r3 true-r5; do
+    ai="${run%-*}"
+    bench --size 640x480,1280x720 --label xfeat-cam60-asyncinit-$run $x --param window_async_init:=$ai \
+          --json "$OUT/rt11b_x_cam60_asyncinit_${run/-/_}.json"
   done
 elif [ "$stage" = rt60g ]; then
   # Run 10e: run 10b's A/B once (frame graph on, then off), for another kind of machine (H200).

@@ -181,5 +181,11 @@ def test_staged_mode_measures_every_frame_through_the_stages(run_doc, rate, prew
     pf = r["per_frame"]
     assert len(pf["index"]) == len(pf["tf_ms"]) == len(pf["frontend_ms"]) == r["measured"]
     assert max(pf["tf_ms"]) == pytest.approx(r["latency_ms"]["pose"]["max"], abs=0.01)
+    # What happened to tracking (these tiny frames stay before the map: rotation-only poses and
+    # renewed references), in frame order, each message once per run of identical ones.
+    ev = r["events"]
+    assert [e["index"] for e in ev] == sorted(e["index"] for e in ev)
+    assert any("rotation-only" in e["message"] and e["state"] == "tracking" for e in ev)
+    assert all(a["message"] != b["message"] or b["index"] > a["index"] + 1 for a, b in zip(ev, ev[1:]))
     text = B.render_markdown([json.loads((out / "s.json").read_text())])
     assert "| tiny-staged |" in text and "Staged runs" in text

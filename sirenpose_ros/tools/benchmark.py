@@ -651,8 +651,22 @@ def run_staged(seq: BenchSequence, params: dict, n_frames: int, warmup: int, rat
                          for k in ("frontend", "window", "field")},
                       "keyframe": [bool(pose_rows[i][1].is_keyframe) for i in measured]},
         "tracking": _tracking_summary(pose_stamps, poses, gt, n_frames),
+        "events": _tracking_events(pose_rows),
         "load_avg_start": load_start, "load_avg_end": load_average(),
     }
+
+
+def _tracking_events(pose_rows: dict, limit: int = 80) -> list[dict]:
+    """The pipeline's messages (initialisation, losses, resets, why a map is not built yet) as
+    they change, per frame index: what happened to tracking during a run, e.g. when its ATE is
+    off. A message repeated on consecutive frames is kept once."""
+    events, last = [], None
+    for i in sorted(pose_rows):
+        r = pose_rows[i][1]
+        if r.message and r.message != last:
+            events.append({"index": i, "state": r.state.value, "message": r.message[:200]})
+        last = r.message
+    return events[:limit]
 
 
 # ============================================================================ live mode
