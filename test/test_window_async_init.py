@@ -86,6 +86,7 @@ def test_frames_go_on_while_the_map_stage_analyses_and_are_tracked_after():
     # While the job runs, no second one is started: those frames wait, without a map.
     for r in res[job_frame + 1:committed_at + 1]:
         assert "being analysed" in r.message and not r.init_pending
+
     # After the commit every frame is tracked, in the world frame of the rotation-only poses
     # before (the first camera's) and, noiseless, exactly up to one similarity, as the
     # sequential path.
@@ -131,3 +132,26 @@ def test_frame_after_frame_processing_keeps_the_inline_initialisation():
     init = next(i for i, r in enumerate(res) if "initialised" in r.message)
     assert "map stage" not in res[init].message and res[init].is_keyframe
     assert not any(r.init_pending for r in res)
+
+
+def test_an_analysis_that_builds_no_map_says_why_and_the_next_frame_is_analysed():
+    """A camera that only turns: every analysis finds no translation to build a map on; the
+    frames keep their rotation-only poses and report the map stage's reason."""
+    cfg = _cfg()
+    est = window.SlidingWindowEstimator(cfg, async_mapping=True)
+    g = graph.KeypointGraph(cfg)
+    X = _world()
+    Ts = [geo.make_T(geo.so3_exp(np.array([0.0, 0.01 * i, 0.0])), np.zeros(3)) for i in range(12)]
+    jobs, msgs = 0, []
+    for i, T in enumerate(Ts):
+        pe, wr = _frame(est, g, T, X, i)
+        msgs.append(pe.message)
+        job = est.begin_map_job()
+        if job is not None:
+            job.run()
+            assert job.outcome is None and job.why
+            assert not est.commit_map_job(job)
+            jobs += 1
+    assert jobs >= 3 and est.state != TrackingState.TRACKING and est.n_landmarks == 0
+    told = [m for m in msgs if "last analysis: " in m]
+    assert told and all("rotation-only" in m for m in told)

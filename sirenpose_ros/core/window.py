@@ -407,6 +407,7 @@ class SlidingWindowEstimator:
         self._pending = None           # data carried from estimate_pose to update_map
         self._deferred_kf = None       # keyframe decided by update_map, inserted by finish_keyframe
         self._deferred_init = None     # two-view initialisation for the map stage (init_async)
+        self._init_why = None          # why the map stage's last analysis built no map
         self._init_news = None         # (message, ends a loss) of an initialisation committed by
                                        # the map stage, for the next tracked frame to report
         self._map_job_open = False     # a MapJob is running on a copy of the map (another thread)
@@ -707,10 +708,11 @@ class SlidingWindowEstimator:
             # The two-view analysis (tens to hundreds of milliseconds) goes to the map stage; this
             # frame keeps its rotation-only pose, if any. A frame arriving before the stage took
             # the job replaces it: the newest frame has the most parallax.
+            last = f" (last analysis: {self._init_why})" if self._init_why else ""
             if self._map_job_open:
-                return self._not_initialised("two-view geometry being analysed", rot, n)
+                return self._not_initialised("two-view geometry being analysed" + last, rot, n)
             self._deferred_init = (ref, stamp_ns, ids, xn, p_prior, usable, x1, x2)
-            return self._not_initialised("two-view geometry handed to the map stage", rot, n)
+            return self._not_initialised("two-view geometry handed to the map stage" + last, rot, n)
         why, tv, T_cw = self._build_initial_map(ref, stamp_ns, ids, xn, p_prior, usable, x1, x2,
                                                 early_exit=not provisional)
         if why is not None:
@@ -1364,6 +1366,7 @@ class SlidingWindowEstimator:
         still waiting for it. The frames processed since then had no map: the next one is
         tracked on this map from the job frame's pose (the motion model continues from the
         reference and the job's frame)."""
+        self._init_why = job.why
         if job.outcome is None or self.state == TrackingState.TRACKING:
             return False
         m = job.map
