@@ -63,6 +63,9 @@ def test_cloud2_round_trip_and_transform():
     unknown = np.zeros(n, bool)
     unknown[::7] = True
     assert np.isnan(vel[unknown]).all() and np.isfinite(vel[~unknown]).all()   # NaN stays NaN
+    assert not msg.is_dense                                  # NaN fields: "invalid" points
+    cloud.velocity[::7] = 0.0
+    assert M.cloud2_msg(M.cloud_to_array(cloud, T), M.ns_to_stamp(5), "odom").is_dense
 
 
 def test_optical_frame_convention():

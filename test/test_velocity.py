@@ -165,3 +165,17 @@ def test_dense_stage_publishes_the_moving_objects_velocity_and_unknown_where_uno
     assert (dyn & known).sum() > 20 and (dyn & ~known).sum() > 20
     np.testing.assert_allclose(np.median(c.velocity[dyn & known], 0), v, atol=0.12)
     assert np.all(c.velocity[~dyn & known] == 0) and (~dyn & ~known).sum() == 0
+
+
+def test_nanmedian_matches_numpy():
+    import warnings
+    from sirenpose_ros.core.cloud import _nanmedian
+    rng = np.random.default_rng(1)
+    for shape, axis in (((7, 9, 5), -1), ((7, 9), 0), ((4, 1), 0), ((3, 4), 1)):
+        x = rng.normal(size=shape)
+        x[rng.random(shape) < 0.4] = np.nan
+        x[0] = np.nan                                     # an all-NaN slice along axis 1/-1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expect = np.nanmedian(x, axis=axis)
+        np.testing.assert_allclose(_nanmedian(x, axis), expect, equal_nan=True)
