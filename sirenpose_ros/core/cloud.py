@@ -266,11 +266,13 @@ class TrackVelocity:
       of each observable sample's depth carried to this frame by the scale ratio. The
       positions are then those of the published points, with their noise averaged out.
 
-    NaN (unknown): this frame's depth not observable, no neighbour for the scale, fewer than
-    ``min_frames`` frames in the window, or frames spanning less than half of it (a new track,
-    or one renamed after a slip: the caller's ids restart then). Kept: per dense frame its
-    arrays, at most ``depth_window_s`` old; everything is computed for all keypoints at once
-    (the only Python loop runs over the frames of the window)."""
+    A keypoint with fewer than ``min_frames`` frames in the window, or frames spanning less than
+    half of it (a new track, or one renamed after a slip: the caller's ids restart then), takes
+    the median velocity of the known keypoints in its region (a rigid object moves as one).
+    NaN (unknown): this frame's depth not observable, or neither a slope of its own nor a known
+    region. Kept: per dense frame its arrays, at most ``depth_window_s`` old; everything is
+    computed for all keypoints at once (Python only loops over the frames of the window to
+    stack them)."""
 
     NEIGHBOURS = 8          # neighbours per keypoint for the image scale (median of their ratios)
 
