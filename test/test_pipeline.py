@@ -322,6 +322,11 @@ def test_without_the_field_the_cloud_is_the_sparse_landmarks():
     # ... and they project onto their keypoints (full-resolution pixels).
     uv = z[:, :2] / z[:, 2:] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
     assert np.median(np.linalg.norm(uv - r.keypoints[ok], axis=1)) < 1.0
+    # Velocity (N, 3): 0 on static landmarks, NaN (unknown) where flagged dynamic.
+    for r, _ in clouds:
+        assert r.cloud.velocity.shape == (len(r.cloud), 3)
+        dyn = r.cloud.dynamic > pipe.cfg.cloud_dynamic_threshold
+        assert np.all(r.cloud.velocity[~dyn] == 0) and np.isnan(r.cloud.velocity[dyn]).all()
 
 
 def test_keyframe_work_waits_until_after_the_pose():

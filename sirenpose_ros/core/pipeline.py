@@ -671,5 +671,6 @@ class Pipeline:
         else:
             rgb = np.full(len(xyz), 0x808080, np.uint32)
         dyn = p_dyn[ok].astype(np.float32)
-        vel = np.where((dyn > self.cfg.cloud_dynamic_threshold)[:, None], np.nan, 0.0)
-        return Cloud(xyz, rgb, dyn, vel.astype(np.float32))
+        vel = np.zeros((len(dyn), 3), np.float32)
+        vel[dyn > self.cfg.cloud_dynamic_threshold] = np.nan
+        return Cloud(xyz, rgb, dyn, vel)
