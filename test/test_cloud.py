@@ -85,11 +85,13 @@ def test_invalid_depth_dropped_and_columns_carried():
     assert c.rgb[0] == 0x00123456                  # pixel (0, 1) is the first valid one
     assert np.all(c.rgb[1:] == 0x00FF0000)
     assert np.all(np.isfinite(c.xyz))
-    # Unknown dynamic / velocity (NaN from densify) become 0.
+    # Unknown dynamic probability (NaN from densify) becomes 0 (static); an unknown velocity
+    # stays NaN (a moving point must not read as standing still).
     dyn[0, 1] = np.nan
     vel[0, 1] = np.nan
     c3 = cl.backproject(depth, K, np.eye(4), rgb, dyn, vel, max_depth=20.0)
-    assert c3.dynamic[0] == 0 and not c3.velocity[0].any() and c3.dynamic[1] == dyn[0, 2]
+    assert c3.dynamic[0] == 0 and c3.dynamic[1] == dyn[0, 2]
+    assert np.isnan(c3.velocity[0]).all() and np.isfinite(c3.velocity[1:]).all()
     # Without colour / dynamic / velocity: grey, 0, 0.
     c2 = cl.backproject(depth, K, np.eye(4))
     assert np.all(c2.rgb == 0x00808080) and not c2.dynamic.any() and not c2.velocity.any()
@@ -212,7 +214,7 @@ def test_params_validation():
 def test_backproject_equals_the_plain_formula():
     """The fast paths (no gathers when every pixel is kept, OpenCV transform and colour packing)
     give what the textbook formula gives: X = R (d K^-1 [u v 1]) + t, rgb packed by pack_rgb,
-    NaN dynamic/velocity -> 0, with and without dropped pixels."""
+    NaN dynamic -> 0, NaN velocity kept (unknown), with and without dropped pixels."""
     rng = np.random.default_rng(4)
     h, w = 30, 40
     K = np.array([[35.0, 0.0, 19.5], [0.0, 34.0, 14.5], [0.0, 0.0, 1.0]])
@@ -238,5 +240,5 @@ def test_backproject_equals_the_plain_formula():
         assert c.xyz.dtype == np.float32 and c.rgb.dtype == np.uint32
         np.testing.assert_array_equal(c.rgb, cl.pack_rgb(rgb[v, u]))
         np.testing.assert_array_equal(c.dynamic, np.nan_to_num(dyn[v, u]))
-        np.testing.assert_array_equal(c.velocity, np.nan_to_num(vel[v, u]))
+        np.testing.assert_array_equal(c.velocity, vel[v, u])     # NaN == NaN here
         assert len(c) == keep.sum() and (len(c) < h * w) == drop

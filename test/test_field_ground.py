@@ -108,7 +108,7 @@ def _job(T_world_cam, with_floor=True):
         depth = np.where(depth < 6.0, np.nan, depth)
     depth = np.where(moving, np.nan, depth)
     return DenseInput(0, 0, cam, W, xn, np.where(moving, 0.95, 0.05),
-                      np.zeros((len(px), 3), np.float32), depth, T_world_cam, False, None)
+                      np.arange(len(px)), depth, T_world_cam, False, None)
 
 
 def _stage(ground):

@@ -93,7 +93,7 @@ def _dense_once(bound: bool, upright: bool = False):
     dynamic = (px[:, 0] > 50) & (px[:, 0] < 110) & (px[:, 1] > 20) & (px[:, 1] < 70)
     p_dyn = np.where(dynamic, 0.95, 0.05)
     xn = np.stack([(px[:, 0] - 79.5) / 128.0, (px[:, 1] - 59.5) / 128.0], 1)
-    result = stage.run(DenseInput(0, 0, cam, W, xn, p_dyn, np.zeros((len(px), 3), np.float32),
+    result = stage.run(DenseInput(0, 0, cam, W, xn, p_dyn, np.arange(len(px)),
                                   np.where(dynamic, np.nan, 4.0), np.eye(4), False, None))
     h, w = result.depth.shape
     rows = ((np.arange(h) * (H - 1) / (h - 1))[:, None] > 30) & ((np.arange(h) * (H - 1) / (h - 1))[:, None] < 60)

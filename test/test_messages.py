@@ -46,6 +46,7 @@ def test_cloud2_round_trip_and_transform():
     cloud = Cloud(rng.normal(size=(n, 3)).astype(np.float32),
                   rng.integers(0, 1 << 24, n).astype(np.uint32),
                   rng.random(n).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32))
+    cloud.velocity[::7] = np.nan       # unknown velocity (moving point, depth not observable)
     T = _random_pose(rng)
     msg = M.cloud2_msg(M.cloud_to_array(cloud, T), M.ns_to_stamp(5), "odom")
     assert msg.width == n and msg.point_step == 32 and msg.row_step == 32 * n
@@ -58,7 +59,13 @@ def test_cloud2_round_trip_and_transform():
     assert np.allclose(xyz, expect, atol=1e-4)
     assert (arr["rgb"] == cloud.rgb).all() and np.allclose(arr["dynamic"], cloud.dynamic)
     vel = np.stack([arr["vx"], arr["vy"], arr["vz"]], 1)
-    assert np.allclose(vel, cloud.velocity @ T[:3, :3].T, atol=1e-4)   # velocities only rotate
+    assert np.allclose(vel, cloud.velocity @ T[:3, :3].T, atol=1e-4, equal_nan=True)  # only rotate
+    unknown = np.zeros(n, bool)
+    unknown[::7] = True
+    assert np.isnan(vel[unknown]).all() and np.isfinite(vel[~unknown]).all()   # NaN stays NaN
+    assert not msg.is_dense                                  # NaN fields: "invalid" points
+    cloud.velocity[::7] = 0.0
+    assert M.cloud2_msg(M.cloud_to_array(cloud, T), M.ns_to_stamp(5), "odom").is_dense
 
 
 def test_optical_frame_convention():

@@ -9,11 +9,13 @@ fitted on undistorted keypoints, so its depth image is an undistorted pinhole im
 """
 from __future__ import annotations
 
+from collections import deque
 from functools import lru_cache
 
 import cv2
 import numpy as np
 
+from sirenpose_ros.core.ids import lookup
 from sirenpose_ros.core.params import ParamSpec
 from sirenpose_ros.core.types import Cloud
 
@@ -37,6 +39,19 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("cloud_dynamic_threshold", 0.5,
               "Points with a dynamic probability above this go to the dynamic layer (current "
               "cloud only) and are never fused into the static map.", min=0.0, max=1.0),
+    ParamSpec("cloud_velocity_window_s", 0.3,
+              "Time base of a moving point's velocity (seconds of camera time): the least-squares "
+              "slope of where the cloud put its keypoint over this long (TrackVelocity). Longer: "
+              "less noise, more lag behind accelerations.", min=0.01, max=10.0),
+    ParamSpec("cloud_velocity_depth_window_s", 1.0,
+              "Time base of a moving keypoint's depth level for its velocity (seconds): the "
+              "median of its published depths over this long, each carried to the current frame "
+              "by the keypoint's image scale change (TrackVelocity). At least "
+              "cloud_velocity_window_s.", min=0.01, max=10.0),
+    ParamSpec("cloud_velocity_min_frames", 4,
+              "Dense frames a moving keypoint needs within cloud_velocity_window_s (and they must "
+              "span half of it) for a velocity of its own; younger ones take their moving "
+              "region's median, and without one their velocity is NaN (unknown).", min=2, max=100),
 ]
 
 _DEFAULT_RGB = 0x00808080   # grey for clouds without colour (mono cameras)
@@ -113,7 +128,7 @@ def backproject(depth: np.ndarray, camera, T_world_cam: np.ndarray,
     ``depth`` (h, w) z-depth; NaN, inf, <= 0 and > ``max_depth`` are dropped. ``camera``: pinhole
     K (3x3) of this h x w grid, or an object with a ``.K`` attribute. ``rgb`` (h, w, 3) uint8
     (grey when None), ``dynamic`` (h, w) in [0, 1] (0 when None or NaN), ``velocity`` (h, w, 3)
-    world frame (0 when None or NaN), all on the same grid as ``depth``.
+    world frame (0 when None; NaN stays NaN: unknown), all on the same grid as ``depth``.
     """
     depth = np.asarray(depth, np.float32)
     h, w = depth.shape
@@ -145,14 +160,15 @@ def backproject(depth: np.ndarray, camera, T_world_cam: np.ndarray,
         col = pick(_pack_rgb_image(np.asarray(rgb)), 1)
     else:
         col = np.full(n, _DEFAULT_RGB, np.uint32)
-    # Unknown (NaN, e.g. far from every keypoint after densify) means static and not moving:
-    # most of a scene is static, and consumers of the cloud need finite numbers.
+    # Unknown dynamic probability (NaN, e.g. far from every keypoint after densify) means
+    # static: most of a scene is static. An unknown velocity stays NaN: a moving point whose
+    # velocity cannot be observed must not read as standing still.
     if dynamic is not None:
         dyn = np.nan_to_num(pick(np.asarray(dynamic, np.float32), 1), nan=0.0)
     else:
         dyn = np.zeros(n, np.float32)
     if velocity is not None:
-        vel = np.nan_to_num(pick(np.asarray(velocity, np.float32), 3), nan=0.0)
+        vel = pick(np.asarray(velocity, np.float32), 3)
     else:
         vel = np.zeros((n, 3), np.float32)
     return Cloud(xyz, col, dyn, vel)
@@ -229,6 +245,168 @@ def densify_keypoint_values(px: np.ndarray, values: np.ndarray, h: int, w: int,
     vals_nan = np.concatenate([vals, np.full((1, vals.shape[1]), np.nan, np.float32)])
     pick = np.where(d2 <= max_dist_px * max_dist_px, nearest, px.shape[0])
     return np.take(vals_nan, pick, axis=0).reshape(h, w, -1)
+
+
+# ---------------------------------------------------------------------------- velocity
+class TrackVelocity:
+    """World velocity of tracked points from where the dense output puts them.
+
+    Each dense frame hands in, per keypoint, its undistorted normalised image position, the
+    camera centre, its world ray (scaled to unit camera depth), the depth of its pixel in the
+    published depth image, whether that depth is observable there, and the moving region it
+    lies in. A keypoint's velocity is the least-squares slope of its world positions over the
+    last ``window_s`` seconds, at depths that combine two cues:
+
+    - the depth *change* from the keypoint's image scale (looming): the image distances to its
+      nearest keypoints in the same moving region scale as 1 / depth on a rigid object (median
+      log ratio over the neighbours against each earlier frame). KLT positions make this
+      precise, while the rendered depth of a moving point wanders by 3-10 % over a few frames
+      (its mask and floor contact change), which a slope turns into large speeds along the ray;
+    - the depth *level* from the published depth: the median over the last ``depth_window_s``
+      of each observable sample's depth carried to this frame by the scale ratio. The
+      positions are then those of the published points, with their noise averaged out.
+
+    A keypoint with fewer than ``min_frames`` frames in the window, or frames spanning less than
+    half of it (a new track, or one renamed after a slip: the caller's ids restart then), takes
+    the median velocity of the known keypoints in its region (a rigid object moves as one).
+    NaN (unknown): this frame's depth not observable, or neither a slope of its own nor a known
+    region. Kept: per dense frame its arrays, at most ``depth_window_s`` old; everything is
+    computed for all keypoints at once (Python only loops over the frames of the window to
+    stack them)."""
+
+    NEIGHBOURS = 8          # neighbours per keypoint for the image scale (median of their ratios)
+
+    def __init__(self, window_s: float, depth_window_s: float, min_frames: int,
+                 min_separation: float = 0.02):
+        self.window_s = float(window_s)
+        self.depth_window_s = max(float(depth_window_s), self.window_s)
+        self.min_frames = int(min_frames)
+        self.min_separation = float(min_separation)
+        self._frames: deque = deque()
+
+    def reset(self) -> None:
+        self._frames.clear()
+
+    def _neighbours(self, xn: np.ndarray, region: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), k) indices of the keypoints ``rows``' nearest keypoints in their region
+        (-1: none); pairs closer than ``min_separation`` (normalised units) are skipped: their
+        ratio is mostly track noise."""
+        nb = np.full((rows.size, self.NEIGHBOURS), -1, np.int64)
+        cand = np.flatnonzero(region >= 0)
+        if cand.size < 2 or rows.size == 0:
+            return nb
+        d2 = ((xn[rows][:, None, :] - xn[cand][None, :, :]) ** 2).sum(-1)
+        d2[(region[rows][:, None] != region[cand][None, :]) | (d2 < self.min_separation ** 2)] = np.inf
+        k = min(self.NEIGHBOURS, cand.size)
+        pick = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < cand.size else np.argsort(d2, 1)
+        nb[:, :k] = np.where(np.isfinite(np.take_along_axis(d2, pick, 1)), cand[pick], -1)
+        return nb
+
+    def update(self, time_s: float, ids: np.ndarray, xn: np.ndarray, centre: np.ndarray,
+               rays: np.ndarray, depth: np.ndarray, ok: np.ndarray,
+               region: np.ndarray) -> np.ndarray:
+        """(N, 3) float32 velocity (world units / s, NaN = unknown) at ``time_s`` of the
+        keypoints ``ids`` (N,) at normalised image positions ``xn`` (N, 2), seen from the camera
+        centre ``centre`` (3,) along world ``rays`` (N, 3; camera z component 1) at ``depth``
+        (N,); ``ok`` (N,): the depth is observable; ``region`` (N,): label of the moving region
+        each lies in (-1: none). Only keypoints that are ``ok`` and in a region can be known."""
+        ids = np.asarray(ids, np.int64)
+        xn = np.asarray(xn, np.float64).reshape(-1, 2)
+        rays = np.asarray(rays, np.float64).reshape(-1, 3)
+        depth = np.asarray(depth, np.float64).reshape(-1)
+        region = np.asarray(region, np.int64).reshape(-1)
+        ok = np.asarray(ok, bool) & np.isfinite(depth) & (depth > 0)
+        centre = np.asarray(centre, np.float64).reshape(3)
+        if self._frames and self._frames[-1][0] >= time_s:      # time went back: start over
+            self._frames.clear()
+        while self._frames and self._frames[0][0] < time_s - self.depth_window_s:
+            self._frames.popleft()
+        order = np.argsort(ids)
+        self._frames.append((float(time_s), centre, ids[order], xn[order], rays[order],
+                             depth[order], ok[order]))
+        vel = np.full((ids.size, 3), np.nan, np.float32)
+        rows = np.flatnonzero(ok & (region >= 0))
+        if rows.size == 0:
+            return vel
+        nb = self._neighbours(xn, region, rows)                       # (M, k)
+        has_nb = nb >= 0
+        # Every kept frame (this one last) as one id-sorted table: key = frame * 2^40 + id.
+        frames = self._frames
+        t = np.array([f[0] for f in frames]) - time_s                 # (F,)
+        C = np.stack([f[1] for f in frames])                          # (F, 3)
+        fi = np.arange(len(frames), dtype=np.int64)[:, None]
+        keys = np.concatenate([f_i * _FRAME_KEY + f[2] for f_i, f in enumerate(frames)])
+        T_xn = np.concatenate([f[3] for f in frames])
+        T_D = np.concatenate([f[4] for f in frames])
+        T_Z = np.concatenate([np.where(f[6], f[5], np.nan) for f in frames])
+        k, hit = lookup(keys, fi * _FRAME_KEY + ids[rows][None, :])              # (F, M)
+        kn, hitn = lookup(keys, fi[..., None] * _FRAME_KEY + ids[np.maximum(nb, 0)][None])  # (F, M, k)
+        pair = hit[..., None] & hitn & has_nb[None]
+        base = np.linalg.norm(xn[rows][:, None, :] - xn[np.maximum(nb, 0)], axis=-1)   # (M, k)
+        dist = np.linalg.norm(T_xn[k][:, :, None, :] - T_xn[kn], axis=-1)               # (F, M, k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # log(depth then / depth now) of each keypoint from its image scale change.
+            rho = _nanmedian(np.where(pair & (dist > 0), np.log(base / dist), np.nan))   # (F, M)
+            # Depth level now: each observed depth carried to this frame by its scale ratio.
+            Z = np.where(hit, T_Z[k], np.nan)
+            z_now = _nanmedian(Z * np.exp(-rho), axis=0)                               # (M,)
+            tt = np.broadcast_to(t[:, None], rho.shape)
+            near = np.isfinite(rho) & (tt >= -self.window_s)
+            P = C[:, None, :] + (z_now * np.exp(np.where(near, rho, 0.0)))[..., None] * T_D[k]
+            v = _slope(tt[..., None], P, near[..., None])
+        span = -np.min(np.where(near, tt, 0.0), axis=0)
+        good = np.isfinite(z_now) & (near.sum(0) >= self.min_frames) & (span >= 0.5 * self.window_s)
+        # Tracks on moving objects are short-lived (KLT loses them at the object's edges, a
+        # slip renames them): many observable ones are too young for a slope. A rigid object
+        # moves as one, so they take the median velocity of their region's known keypoints.
+        if good.any() and not good.all():
+            med, has = _group_median(region[rows][good], v[good])
+            j, hit_r = lookup(has, region[rows][~good])
+            fill = np.flatnonzero(~good)[hit_r]
+            v[fill] = med[j[hit_r]]
+            good[fill] = True
+        vel[rows[good]] = v[good]
+        return vel
+
+
+_FRAME_KEY = np.int64(1) << 40      # frame index stride of TrackVelocity's id keys (|ids| < 2^39)
+
+
+def _group_median(labels: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per label, the median of each column of ``values`` (N, C): ((G, C) medians, (G,) sorted
+    labels). Vectorised: one sort by (label, value) per column."""
+    has, count = np.unique(labels, return_counts=True)
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    lo, hi = start + (count - 1) // 2, start + count // 2
+    out = np.empty((has.size, values.shape[1]))
+    for c in range(values.shape[1]):
+        o = np.lexsort((values[:, c], labels))
+        v = values[o, c]
+        out[:, c] = 0.5 * (v[lo] + v[hi])
+    return out, has
+
+
+def _nanmedian(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Median along ``axis`` ignoring NaN (NaN where all are). One sort (NaN sorts last) and two
+    gathers: np.nanmedian runs a Python-level loop over the slices of arrays this small."""
+    s = np.sort(np.moveaxis(x, axis, -1), axis=-1)
+    n = np.isfinite(s).sum(-1)
+    lo = np.maximum(n - 1, 0) // 2
+    hi = n // 2
+    m = 0.5 * (np.take_along_axis(s, lo[..., None], -1)[..., 0]
+               + np.take_along_axis(s, np.minimum(hi, s.shape[-1] - 1)[..., None], -1)[..., 0])
+    return np.where(n > 0, m, np.nan)
+
+
+def _mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted mean over axis 0 (NaN where the weights sum to 0)."""
+    return (w * x).sum(0) / w.sum(0)
+
+
+def _slope(t: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least-squares slope of ``y`` over ``t`` along axis 0 (NaN without a time spread)."""
+    dt = np.where(w, t - _mean(t, w), 0.0)
+    return (dt * (y - _mean(y, w))).sum(0) / (dt * dt).sum(0)
 
 
 # ---------------------------------------------------------------------------- static map

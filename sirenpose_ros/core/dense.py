@@ -33,7 +33,8 @@ class DenseInput:
     input_width: int             # width of the input image (depth pixel -> input pixel scale)
     xn: np.ndarray               # (N, 2) undistorted normalised keypoint coordinates
     p_dyn: np.ndarray            # (N,) dynamic probability
-    velocity: np.ndarray         # (N, 3) float32 world velocity per keypoint (0 = static)
+    ids: np.ndarray              # (N,) track ids as the window knows them (a track that
+                                 # slipped gets a new one): the velocities' history key
     landmark_depth: np.ndarray   # (N,) depth of each keypoint's landmark, NaN = none
     T_world_cam: np.ndarray      # (4, 4)
     is_keyframe: bool
@@ -50,6 +51,8 @@ class DenseOutput:
     cloud: Cloud | None
     map_cloud: Cloud | None      # the fused static map (keyframes only)
     timings_ms: dict
+    keypoint_velocity: np.ndarray | None = None  # (N, 3) float32 world velocity per keypoint as
+                                                 # the cloud carries it: 0 static, NaN unknown
 
 
 def cloud_grid(cam: CameraModel, cfg) -> tuple[int, int]:
@@ -78,6 +81,9 @@ class DenseStage:
         self.world = None
         self.ground_world = None     # floor plane (normal, offset) in world coordinates
         self._rng = np.random.default_rng(int(cfg.field_seed))
+        self.velocity = cloud_mod.TrackVelocity(cfg.cloud_velocity_window_s,
+                                                cfg.cloud_velocity_depth_window_s,
+                                                cfg.cloud_velocity_min_frames)
 
     @property
     def device_type(self) -> str:
@@ -88,6 +94,7 @@ class DenseStage:
         self.voxels.clear()
         self.ground_world = None
         self._rng = np.random.default_rng(int(self.cfg.field_seed))
+        self.velocity.reset()
 
     def _ground_depth(self, job: DenseInput, h: int, w: int) -> np.ndarray | None:
         """(h, w) depth of the floor plane on the field's grid (+inf above the horizon), or None
@@ -163,11 +170,15 @@ class DenseStage:
         inv = self.field.render(time_s, h, w)
         with np.errstate(divide="ignore", invalid="ignore"):
             dense_depth = np.where(inv > 0, 1.0 / inv, np.nan).astype(np.float32)
-        dense_kp = None
+        near = None
+        # Pixels where a moving point's depth is observable: the upright bound below, with the
+        # region's floor contact in view. Elsewhere a moving point's depth is the background
+        # the field renders, or at best an upper bound: its velocity stays unknown.
+        observable = moving = np.zeros((h, w), bool)
         if cfg.field_upright_occluder:
             # Moving objects have no keypoint depth: the field shows the background they hide.
             # Upright objects are in front of the floor hidden behind their lowest pixels.
-            dyn, dense_kp = self._keypoint_values(job, h, w)
+            near, dyn = self._nearest_keypoint(job, h, w)
             moving = dyn > cfg.field_upright_threshold
             floor = (self._ground_depth(job, h, w)
                      if cfg.field_ground_plane and moving.any() else None)
@@ -178,19 +189,20 @@ class DenseStage:
                 # off by more than the field (on easy it pulled the far floor in by 10-20 %).
                 dense_depth = np.where(moving, np.minimum(dense_depth, floor), dense_depth)
             dense_depth = field_mod.upright_occluder_bound(dense_depth, moving)
+            cut = field_mod.regions_touching_bottom(moving)
+            observable = moving & ~cut
             if cfg.field_upright_cutoff == "unknown":
                 # A moving region that reaches the image bottom hides where it stands: the floor
                 # seen at the bottom row only says it is at most that far (on large_dynamic and
                 # close_object the objects are 1.9-2.6x nearer than even the true floor there),
                 # and neither its motion (the window's trajectory fit collapses towards the
                 # camera) nor anything else in the frame bounds it from the near side.
-                dense_depth = np.where(field_mod.regions_touching_bottom(moving), np.nan,
-                                       dense_depth).astype(np.float32)
+                dense_depth = np.where(cut, np.nan, dense_depth).astype(np.float32)
         if cfg.field_occluder_bound:
             # Moving objects have no keypoint depth: the field shows the background behind
             # them. They occlude that background, so cap them at the depth around them.
-            if dense_kp is None:
-                dyn, dense_kp = self._keypoint_values(job, h, w)
+            if near is None:
+                near, dyn = self._nearest_keypoint(job, h, w)
             dense_depth = field_mod.occluder_depth_bound(
                 dense_depth, dyn > cfg.cloud_dynamic_threshold, cfg.field_occluder_percentile,
                 cfg.field_occluder_rim_px * (w - 1) / (W - 1))
@@ -202,32 +214,73 @@ class DenseStage:
         # The field's grid is corner-aligned (small pixel j at working pixel j (W-1)/(w-1)) and
         # lives in undistorted pinhole coordinates: back-project with the matching pinhole K.
         K_small = cloud_mod.scale_intrinsics(cam.K, (H, W), (h, w))
-        if dense_kp is None:
-            dyn, dense_kp = self._keypoint_values(job, h, w)
+        if near is None:
+            near, dyn = self._nearest_keypoint(job, h, w)
         out.dynamic_map = dyn
-        # backproject() turns the NaN velocity of pixels far from every keypoint into 0.
+        kv = self._keypoint_velocity(job, dense_depth, moving, observable, time_s)
+        out.keypoint_velocity = kv
+        # Per pixel the velocity of its nearest keypoint (NaN where that one's is unknown);
+        # pixels far from every keypoint count as static (dynamic probability = prior), so 0.
+        vel = np.take(np.concatenate([kv, np.zeros((1, 3), np.float32)]),
+                      np.where(near >= 0, near, len(kv)), axis=0)
         out.cloud = cloud_mod.backproject(dense_depth, K_small, job.T_world_cam, job.rgb_small, dyn,
-                                          dense_kp[..., 1:], max_depth=cfg.cloud_max_depth)
+                                          vel, max_depth=cfg.cloud_max_depth)
         if job.is_keyframe:
             self.voxels.insert(out.cloud)          # fuses only points below cloud_dynamic_threshold
             out.map_cloud = self.voxels.cloud()
         timings["cloud"] = (time.perf_counter() - t0) * 1e3
         return out
 
-    def _keypoint_values(self, job: DenseInput, h: int, w: int):
-        """Dense (h, w) dynamic probability and (h, w, 4) [p, velocity] on the field's corner-
-        aligned grid: per keypoint its dynamic probability and world velocity, spread by
-        nearest keypoint."""
+    @staticmethod
+    def _grid_px(job: DenseInput, h: int, w: int) -> np.ndarray:
+        """(N, 2) keypoint positions (u, v) on the field's corner-aligned h x w grid."""
         cam = job.cam
         W, H = cam.width, cam.height
         u = (cam.fx * job.xn[:, 0] + cam.cx) * (w - 1) / (W - 1)
         v = (cam.fy * job.xn[:, 1] + cam.cy) * (h - 1) / (H - 1)
+        return np.stack([u, v], axis=1)
+
+    def _nearest_keypoint(self, job: DenseInput, h: int, w: int):
+        """(h, w) int64 index of each pixel's nearest keypoint on the field's corner-aligned
+        grid (-1 beyond pipeline_dynamic_radius_px), and the (h, w) dynamic probability it
+        spreads (the graph prior at -1)."""
+        W = job.cam.width
         radius = self.cfg.pipeline_dynamic_radius_px * (w - 1) / (W - 1)
-        values = np.column_stack([job.p_dyn.astype(np.float32), job.velocity])
-        dense_kp = cloud_mod.densify_keypoint_values(np.stack([u, v], axis=1), values, h, w, radius)
-        dyn = np.where(np.isfinite(dense_kp[..., 0]), dense_kp[..., 0],
-                       self.cfg.graph_prior).astype(np.float32)
-        return dyn, dense_kp
+        n = len(job.p_dyn)
+        # The index as a float32 value (exact below 2^24): one transform serves every value.
+        idx = cloud_mod.densify_keypoint_values(self._grid_px(job, h, w),
+                                                np.arange(n, dtype=np.float32), h, w, radius)[..., 0]
+        near = np.where(np.isfinite(idx), idx, -1).astype(np.int64)
+        p = np.concatenate([job.p_dyn.astype(np.float32), [np.float32(self.cfg.graph_prior)]])
+        return near, np.take(p, np.where(near >= 0, near, n)).astype(np.float32)
+
+    def _keypoint_velocity(self, job: DenseInput, depth: np.ndarray, moving_mask: np.ndarray,
+                           observable: np.ndarray, time_s: float) -> np.ndarray:
+        """(N, 3) float32 world velocity per keypoint: 0 for static ones (dynamic probability
+        up to cloud_dynamic_threshold), for moving ones the slope of where this output puts
+        them over the last frames (TrackVelocity), NaN where unknown. A keypoint's position is
+        its ray at the depth of its grid pixel (the depth its cloud point gets), observable
+        when that pixel is in ``observable`` and its depth is finite and within range; its
+        region (for the image-scale neighbours) is the connected part of ``moving_mask`` it
+        lies in."""
+        cfg = self.cfg
+        h, w = depth.shape
+        px = self._grid_px(job, h, w)
+        iu = np.rint(px[:, 0])
+        iv = np.rint(px[:, 1])
+        inside = (iu >= 0) & (iu < w) & (iv >= 0) & (iv < h)
+        iu = np.clip(iu, 0, w - 1).astype(np.int64)
+        iv = np.clip(iv, 0, h - 1).astype(np.int64)
+        z = depth[iv, iu].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            ok = inside & observable[iv, iu] & np.isfinite(z) & (z > 0) & (z <= cfg.cloud_max_depth)
+        T = np.asarray(job.T_world_cam, np.float64)
+        rays = np.column_stack([job.xn, np.ones(len(z))]) @ T[:3, :3].T
+        labels = cv2.connectedComponents(moving_mask.astype(np.uint8), connectivity=8)[1]
+        region = np.where(inside & moving_mask[iv, iu], labels[iv, iu], -1)
+        vel = self.velocity.update(time_s, job.ids, job.xn, T[:3, 3], rays, z, ok, region)
+        moving = job.p_dyn > cfg.cloud_dynamic_threshold
+        return np.where(moving[:, None], vel, 0.0).astype(np.float32)
 
 
 def _make_stage(cfg):

@@ -6,8 +6,9 @@ Stages (each timed into ``FrameResult.timings_ms``):
    update after it).
 3. ``window``: pose (PnP + Gauss-Newton), keyframes, triangulation, windowed bundle adjustment.
 4. ``field``: SIREN inverse-depth field fed with landmark depths, rendered at reduced resolution.
-5. ``cloud``: the rendered depth back-projected with colour, dynamic probability and velocity;
-   static points fused into a voxel map on keyframes.
+5. ``cloud``: the rendered depth back-projected with colour, dynamic probability and velocity
+   (a moving point's: from where the cloud put its keypoint over the last frames, NaN where its
+   depth is not observable); static points fused into a voxel map on keyframes.
 
 Two calls split one frame so that a node can publish the pose before the slow dense stages:
 ``track(frame)`` runs stages 1-3 (pose, keypoints, dynamic probability, keypoint depth) and
@@ -155,9 +156,6 @@ class Pipeline:
         self.dense = self._make_dense() if self.cfg.field_enabled else None
         self.joint = JointWindowRefiner(self.cfg) if self.cfg.joint_enabled else None
         self._joint_prev = None      # (snapshot, result) of the previous refinement: warm start
-        # World velocities of dynamic tracks from the last refinement: (sorted ids, (N, 3)),
-        # replaced as one tuple (the dense thread reads it while the refinement thread writes).
-        self._track_velocity = (np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
         self._camera = None          # input camera of the current stream
         self._work_camera = None     # camera at the processing resolution
         self._last_stamp = None
@@ -526,8 +524,10 @@ class Pipeline:
 
     def _joint_refine(self, g, ids: np.ndarray, cam) -> None:
         """SirenPose joint refinement of the window (keyframes only): poses, landmarks and the
-        dynamic keypoints' positions under the geometric loss, with the field; keeps the
-        dynamic tracks' velocities for the cloud.
+        dynamic keypoints' positions under the geometric loss, with the field. Its velocities
+        of the dynamic keypoints are not the cloud's: the refinement cannot observe a moving
+        point's depth, and its velocities were off by 1.4-2.5x in size (scripts/velocity_check.py);
+        the dense stage derives the cloud's from its own depth (cloud.TrackVelocity).
 
         The snapshot is taken and the result written back under the lock; the solve runs
         without it. If a keyframe was inserted meanwhile the result no longer fits the window
@@ -550,11 +550,6 @@ class Pipeline:
         with self.lock:
             apply_to_window(self.window, snap, res)
         self._joint_prev = (snap, res)
-        if snap.dyn_ids is not None:
-            ok = np.all(np.isfinite(res.velocity), axis=1)
-            order = np.argsort(snap.dyn_ids[ok])
-            self._track_velocity = (np.asarray(snap.dyn_ids[ok][order], np.int64),
-                                    np.asarray(res.velocity[ok][order], np.float32))
 
     def densify(self, result: FrameResult) -> FrameResult:
         """Stages 4-5 (field fit and cloud) for the frame of the latest :meth:`track` call.
@@ -594,16 +589,17 @@ class Pipeline:
             frame, cam = ctx["frame"], ctx["cam"]
             out = self.dense.run(DenseInput(
                 frame.stamp_ns, ctx["world"], cam, frame.camera.width, ctx["xn"], ctx["p_dyn"],
-                self._keypoint_velocity(ctx["ids"]), wres.landmark_depth, wres.T_world_cam,
+                ctx["ids"], wres.landmark_depth, wres.T_world_cam,
                 bool(wres.is_keyframe), small_rgb(frame.rgb, cam, self.cfg), self._far_bounds(ctx)))
             if out is not None:
                 result.depth, result.depth_scale = out.depth, out.depth_scale
                 result.dynamic_map, result.cloud, result.map_cloud = out.dynamic_map, out.cloud, out.map_cloud
+                result.keypoint_velocity = out.keypoint_velocity
                 timings.update(out.timings_ms)
         elif (wres.state == TrackingState.TRACKING and self.dense is None and has_depth
               and self.cfg.cloud_enabled):
             t0 = time.perf_counter()
-            result.cloud = self._sparse_cloud(ctx["frame"], ctx["xn"], ctx["p_dyn"], ctx["ids"], wres,
+            result.cloud = self._sparse_cloud(ctx["frame"], ctx["xn"], ctx["p_dyn"], wres,
                                               result.keypoints)
             timings["cloud"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = timings.get("total", 0.0) + (time.perf_counter() - t_start) * 1e3
@@ -649,7 +645,6 @@ class Pipeline:
         :meth:`take_dense_job`) went in. Dropped when a newer keyframe went in meanwhile."""
         if ctx["world"] != self._map_world:
             self._joint_prev = None
-            self._track_velocity = (np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
             self._map_world = ctx["world"]
         wres = ctx["wres"]
         timings = ctx["result"].timings_ms
@@ -658,17 +653,11 @@ class Pipeline:
             self._joint_refine(ctx["graph"], ctx["ids"], ctx["cam"])
             timings["joint"] = (time.perf_counter() - t0) * 1e3
 
-    def _keypoint_velocity(self, ids: np.ndarray) -> np.ndarray:
-        """World velocity per keypoint: from the joint refinement for dynamic tracks, else 0."""
-        vel = np.zeros((len(ids), 3), np.float32)
-        known_ids, known = self._track_velocity
-        pos, hit = lookup(known_ids, ids)
-        vel[hit] = known[pos[hit]]
-        return vel
-
-    def _sparse_cloud(self, frame, xn, p_dyn, ids, wres, px_input) -> Cloud:
+    def _sparse_cloud(self, frame, xn, p_dyn, wres, px_input) -> Cloud:
         """Without the field (field_enabled false): the tracked keypoints that have a landmark,
-        at their landmark depth, with colour, dynamic probability and velocity."""
+        at their landmark depth, with colour and dynamic probability. Velocity 0, or NaN
+        (unknown) for points flagged dynamic: a landmark is a static point, and without the
+        field nothing observes a moving one's depth."""
         z = wres.landmark_depth
         ok = np.isfinite(z) & (z > 0) & (z < self.cfg.cloud_max_depth)
         Xc = np.column_stack([xn[ok] * z[ok, None], z[ok]])
@@ -682,4 +671,7 @@ class Pipeline:
             rgb = cloud_mod.pack_rgb(frame.rgb[v, u])
         else:
             rgb = np.full(len(xyz), 0x808080, np.uint32)
-        return Cloud(xyz, rgb, p_dyn[ok].astype(np.float32), self._keypoint_velocity(ids[ok]))
+        dyn = p_dyn[ok].astype(np.float32)
+        vel = np.zeros((len(dyn), 3), np.float32)
+        vel[dyn > self.cfg.cloud_dynamic_threshold] = np.nan
+        return Cloud(xyz, rgb, dyn, vel)

@@ -76,6 +76,9 @@ class FrameResult:
     keypoints: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (K, 2) px
     keypoint_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     dynamic_prob: np.ndarray = field(default_factory=lambda: np.zeros(0))   # (K,)
+    keypoint_velocity: np.ndarray | None = None  # (K, 3) world velocity of each keypoint as the
+                                                # dense cloud carries it (0 static, NaN unknown);
+                                                # None without a dense cloud for this frame
     keypoint_depth: np.ndarray | None = None    # (K,) depth of each keypoint's landmark in this
                                                 # camera (estimate units), NaN where none
     depth: np.ndarray | None = None             # h x w depth (reduced resolution), NaN = unknown

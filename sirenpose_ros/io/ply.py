@@ -3,8 +3,8 @@ variants) back.
 
 Vertex properties written: ``x y z`` (float), ``red green blue`` (uchar: the names MeshLab,
 CloudCompare and Open3D use for colour), ``dynamic`` (float, probability of being dynamic) and
-``vx vy vz`` (float, velocity in world units/s). Readers ignore properties they do not know,
-so the extra ones are harmless.
+``vx vy vz`` (float, velocity in world units/s; NaN = unknown). Readers ignore properties they
+do not know, so the extra ones are harmless.
 """
 from __future__ import annotations
 

@@ -132,7 +132,9 @@ def cloud2_msg(arr: np.ndarray, stamp: Time, frame: str) -> PointCloud2:
     msg.is_bigendian = False
     msg.point_step = CLOUD_DTYPE.itemsize
     msg.row_step = msg.point_step * msg.width
-    msg.is_dense = True
+    # "No invalid points": positions are always finite, but a moving point whose velocity is
+    # unknown carries NaN in vx, vy, vz (PCL counts NaN in any float field as invalid).
+    msg.is_dense = bool(np.isfinite(arr["vx"]).all()) if "vx" in arr.dtype.names else True
     msg.data = arr.tobytes()
     return msg
 
