@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", default="", help="metrics JSON (default: <out without suffix>.metrics.json in --cache)")
     ap.add_argument("--cache", default="/work/notes/gnn_data", help="cache of rendered/recorded sequences")
     ap.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
-    ap.add_argument("--train-seeds", nargs="+", type=int, default=[2, 3, 4, 5, 6],
+    ap.add_argument("--train-seeds", nargs="+", type=int, default=[2, 3, 4, 5, 6, 8],
                     help="KLT training seeds (0 and 1 are left out: the accuracy benchmark runs them)")
     ap.add_argument("--test-seeds", nargs="+", type=int, default=[100, 101])
     ap.add_argument("--xfeat-train-seeds", nargs="*", type=int, default=[2],
