@@ -166,7 +166,7 @@ def test_a_failing_pose_callback_is_reported_and_keyframes_still_reach_the_map(f
 
 
 def test_reset_drains_then_restarts(fast_seq):
-    frames = _frames(fast_seq)[:20]
+    frames = _frames(fast_seq)
     pipe = Pipeline(make_config(THREAD_MAP), async_mapping=True)
     poses = []
     runner = StagedRunner(pipe, poses.append)
@@ -174,12 +174,16 @@ def test_reset_drains_then_restarts(fast_seq):
         runner.submit(f)
     runner.reset()
     assert pipe.window.state == TrackingState.INITIALIZING and not pipe.window.keyframes
+    # At about a camera's rate: the new map is built in the map stage (window_async_init) while
+    # the frames go on.
     for f in frames[12:]:
         runner.submit(f)
+        time.sleep(1 / 30)
     assert runner.drain(timeout=60)
     runner.close()
-    assert len(poses) == 20
+    assert len(poses) == N
     assert poses[-1].state == TrackingState.TRACKING
+    assert any("initialised" in r.message for r in poses[12:])
 
 
 def test_runner_needs_async_mapping():
