@@ -128,7 +128,8 @@ def test_a_slow_joint_refinement_does_not_hold_up_keyframe_insertion(fast_seq, s
     """The joint refinement has a thread of its own: one slower than the frame rate delays no
     keyframe insertion (no pose waits for the map), and refinements still run."""
     frames = _frames(fast_seq)
-    pipe = Pipeline(make_config(FAST), async_mapping=True)
+    # The initialisation inline, as in the sequential run (see the slow map stage's test).
+    pipe = Pipeline(make_config({**FAST, "window_async_init": False}), async_mapping=True)
     inner, refined = pipe.refine_window, []
 
     def slow(ctx):

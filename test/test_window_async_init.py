@@ -71,7 +71,7 @@ def test_the_map_stage_builds_the_initial_map_of_the_sequential_path():
     # The next frame is tracked on it, says so, and has the sequential path's pose.
     nxt = res[i0 + 1]
     assert nxt.state == TrackingState.TRACKING and "by the map stage from the frame 33 ms before" in nxt.message
-    assert not nxt.reset
+    assert not nxt.reset and nxt.is_keyframe           # as the inline initialisation frame
     assert np.allclose(nxt.T_world_cam, sync[i0 + 1].T_world_cam, atol=1e-7)
     assert all(r.state == TrackingState.TRACKING for r in res[i0 + 1:])
 

@@ -477,7 +477,10 @@ class SlidingWindowEstimator:
                     est.message = (f"{msg}, by the map stage from the frame "
                                    f"{(stamp_ns - init_stamp) * 1e-6:.0f} ms before this one")
                     est.reset = was_lost
-                    self._pending.update(message=est.message, reset=was_lost)
+                    # The first frame on the new map stands for its initialisation, as the
+                    # initialisation frame does inline: a keyframe for the dense stage (voxel
+                    # map, joint refinement of the initial window).
+                    self._pending.update(message=est.message, reset=was_lost, is_init=True)
                 return est
             # Lost: keep the last good frame as the reference of the next initialisation.
             self.state = TrackingState.LOST
