@@ -56,6 +56,7 @@ PARAMS = [
     ParamSpec("window_init_homography_ratio", 0.9, "Refuse initialisation while a homography explains this share of the essential-matrix inliers (rotation only or planar).", 0.0, 1.0),
     ParamSpec("window_tri_min_parallax_deg", 0.5, "Minimum parallax angle (degrees) to triangulate a new landmark.", 0.01, 45.0),
     ParamSpec("window_tri_check_window", True, "A new landmark (triangulated from the oldest and the newest keyframe that saw its track) must also reproject within window_inlier_px in every other window keyframe that saw it. A point moving along the baseline stays on its epipolar lines and triangulates cleanly from two views at a wrong depth; the keyframes in between see the inconsistency (close_object seed 2: object points became landmarks 8-14x too near and the ATE was 2.7 %, 0.75 % with the check; seed 0 fast 0.69 -> 0.50 %).", None, None),
+    ParamSpec("window_tri_max_depth_error", 0.25, "A new landmark's relative depth uncertainty must be below this: its error along the epipolar line (the larger of the two-view noise, sqrt(2) times the tracking residual sigma, and the track's own epipolar residual, since a track that drifted across the line drifted along it as well) over its parallax in pixels. The parallax gate alone passed drifting far tracks just above window_tri_min_parallax_deg, placed 2-4x too near; being near they held the translation of the poses after them (close_object seeds 3 and 4: 4.2 and 4.7 % ATE, 0.8 and 1.2 % with this gate).", 0.001, 100.0),
     ParamSpec("window_ransac_iterations", 100, "RANSAC iterations of PnP when the predicted pose fails.", 10, 10000),
     ParamSpec("window_dynamic_threshold", 0.5, "Keypoints above this dynamic probability are not used to initialise, triangulate or seed PnP.", 0.0, 1.0),
     ParamSpec("window_dynamic_cull", 0.7, "Landmarks above this dynamic probability are removed.", 0.0, 1.0),
@@ -1329,6 +1330,7 @@ class SlidingWindowEstimator:
             e2 = np.linalg.norm(geo.reprojection_error(cur.T_cw, Xs, x2), axis=1) * self._f
             par = geo.parallax_deg(geo.invert(kf.T_cw)[:3, 3], C2, Xs)
             ok = fin & (e1 < c.window_inlier_px) & (e2 < c.window_inlier_px) & (par > c.window_tri_min_parallax_deg)
+            ok &= self._tri_depth_error(e1, e2, par) < c.window_tri_max_depth_error
             if c.window_tri_check_window:
                 ok &= self._consistent_in_window(ids[sel], Xs, kf)
             # Too little parallax: leave it for a later keyframe with a wider baseline.
@@ -1345,6 +1347,15 @@ class SlidingWindowEstimator:
                 self.lm_ids = allid[o]
                 self.lm_X = np.concatenate([self.lm_X, np.concatenate(new_X)])[o]
                 self.lm_p = np.concatenate([self.lm_p, np.zeros(ni.size)])[o]
+
+    def _tri_depth_error(self, e1: np.ndarray, e2: np.ndarray, par_deg: np.ndarray) -> np.ndarray:
+        """Relative depth uncertainty of two-view points with reprojection errors ``e1``, ``e2``
+        (pixels) and parallax ``par_deg``: the error along the epipolar line over the parallax in
+        pixels. The along-line error is not observable from two views; the across-line one is
+        (e1 + e2), and a drifting track drifts both ways, so the larger of it and the noise of
+        two observations (tracking residual sigma) stands for it."""
+        along = np.maximum(np.sqrt(2.0 * self._sigma2), e1 + e2)
+        return along / (self._f * np.radians(np.maximum(par_deg, 1e-9)))
 
     def _consistent_in_window(self, ids, X, skip) -> np.ndarray:
         """(N,) bool: the points X (N, 3) of tracks ``ids`` reproject within window_inlier_px in
