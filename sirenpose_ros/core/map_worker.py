@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from sirenpose_ros.core.child import ChildStage, ChildWorker, serve
 
-# Attributes of a window's map that a MapJob reads and writes.
-MAP_STATE = ("keyframes", "lm_ids", "lm_X", "lm_p", "_f", "_kf_landmarks_seen")
+# Attributes of a window's map that a MapJob reads and writes (_sigma2: the tracking noise that
+# the triangulation's depth-uncertainty gate reads).
+MAP_STATE = ("keyframes", "lm_ids", "lm_X", "lm_p", "_f", "_sigma2", "_kf_landmarks_seen")
 # What an InitJob reads: it builds the map from its own arguments.
 INIT_STATE = ("_f", "state")
 

@@ -43,6 +43,7 @@ PARAMS = [
     ParamSpec("window_kf_parallax_px", 15.0, "New keyframe when the median keypoint motion since the last keyframe exceeds this (pixels).", 1.0, 500.0),
     ParamSpec("window_kf_track_ratio", 0.7, "New keyframe when fewer than this share of the last keyframe's landmarks are still tracked.", 0.0, 1.0),
     ParamSpec("window_kf_max_frames", 15, "New keyframe at least every this many frames.", 1, 1000),
+    ParamSpec("window_kf_few_landmarks_min_frames", 3, "A keyframe asked for only because fewer than 3 x window_min_inliers landmarks are tracked comes at most every this many frames. A large moving object hiding the map asked for one every frame: keyframes a frame apart add no landmarks (no baseline) and push the wide-baseline keyframes out of the window, and the map's scale then rested on baselines of a few mm (large_dynamic seed 5: ATE 2.54 -> 1.95 %).", 1, 1000),
     ParamSpec("window_ba_iterations", 5, "Levenberg-Marquardt iterations of the windowed bundle adjustment (keyframes only).", 0, 100),
     ParamSpec("window_pose_iterations", 6, "Gauss-Newton iterations of the per-frame pose refinement.", 1, 50),
     ParamSpec("window_huber_px", 1.0, "Scale of the robust reprojection loss (pixels): Huber threshold, or Cauchy scale.", 0.05, 50.0),
@@ -56,6 +57,7 @@ PARAMS = [
     ParamSpec("window_init_homography_ratio", 0.9, "Refuse initialisation while a homography explains this share of the essential-matrix inliers (rotation only or planar).", 0.0, 1.0),
     ParamSpec("window_tri_min_parallax_deg", 0.5, "Minimum parallax angle (degrees) to triangulate a new landmark.", 0.01, 45.0),
     ParamSpec("window_tri_check_window", True, "A new landmark (triangulated from the oldest and the newest keyframe that saw its track) must also reproject within window_inlier_px in every other window keyframe that saw it. A point moving along the baseline stays on its epipolar lines and triangulates cleanly from two views at a wrong depth; the keyframes in between see the inconsistency (close_object seed 2: object points became landmarks 8-14x too near and the ATE was 2.7 %, 0.75 % with the check; seed 0 fast 0.69 -> 0.50 %).", None, None),
+    ParamSpec("window_tri_max_depth_error", 0.25, "A new landmark's relative depth uncertainty must be below this: its error along the epipolar line (the larger of the two-view noise, sqrt(2) times the tracking residual sigma, and the track's own epipolar residual, since a track that drifted across the line drifted along it as well) over its parallax in pixels. The parallax gate alone passed drifting far tracks just above window_tri_min_parallax_deg, placed 2-4x too near; being near they held the translation of the poses after them (close_object seeds 3 and 4: 4.2 and 4.7 % ATE, 0.8 and 1.2 % with this gate).", 0.001, 100.0),
     ParamSpec("window_ransac_iterations", 100, "RANSAC iterations of PnP when the predicted pose fails.", 10, 10000),
     ParamSpec("window_dynamic_threshold", 0.5, "Keypoints above this dynamic probability are not used to initialise, triangulate or seed PnP.", 0.0, 1.0),
     ParamSpec("window_dynamic_cull", 0.7, "Landmarks above this dynamic probability are removed.", 0.0, 1.0),
@@ -418,6 +420,12 @@ class SlidingWindowEstimator:
         self._rng = np.random.default_rng(0)     # RANSAC sampling: reproducible runs
         # Recent (sorted ids, xn) before initialisation, for the multi-frame motion evidence.
         self._recent = deque(maxlen=int(self.cfg.window_motion_span_frames))
+        # A frame after the first reference has been through the motion evidence, so the dynamic
+        # graph has had its chance to flag moving tracks. Before, every track's probability is
+        # the graph's prior: the first frame pair would take a large moving object for the
+        # world (large_dynamic seed 0: 151 of 326 tracks moving, all inliers of a two-view pose
+        # 50 degrees off, 74 mm off the true position; ATE 1.30 -> 0.58 % without it).
+        self._graph_informed = False
 
     def _clear_map(self) -> None:
         # A MapJob begun on the old map must not be committed into the new one.
@@ -626,7 +634,16 @@ class SlidingWindowEstimator:
         self._evidence = self._motion_evidence(ids, xn, p_prior)
         o = np.argsort(ids)
         self._recent.append((ids[o], xn[o]))
-        return self._initialise_from_ref(stamp_ns, ids, xn, p_prior)
+        est = self._initialise_from_ref(stamp_ns, ids, xn, p_prior)
+        self._graph_informed |= len(self._recent) >= 2
+        return est
+
+    def _awaiting_evidence(self) -> bool:
+        """The first frame after the first reference, with motion evidence: the graph has not
+        flagged any moving track yet (see reset()) but will have by the next frame, so neither
+        the map nor a provisional pose comes from this frame pair. Without evidence (the camera
+        translates too much for the rotation model) waiting would tell nothing new."""
+        return not self._graph_informed and self._evidence is not None
 
     def _motion_evidence(self, ids, xn, p_prior) -> np.ndarray | None:
         """Residual (N, 2) pixels of each track against the dominant pure rotation over the last
@@ -707,6 +724,10 @@ class SlidingWindowEstimator:
         flow = float(np.median(np.linalg.norm(x2 - x1, axis=1)))
         if flow < np.tan(np.radians(c.window_init_min_parallax_deg)) and not provisional:
             return self._not_initialised("waiting for parallax", rot, n)
+        if self._awaiting_evidence():
+            # Neither a map nor a provisional pose from this frame pair (see reset()); no need to
+            # work out its geometry.
+            return self._not_initialised("waiting for the moving-object evidence of one frame", rot, n)
         if self.init_async:
             # The two-view analysis (tens to hundreds of milliseconds) goes to the map stage; this
             # frame keeps its rotation-only pose, if any. A frame arriving before the stage took
@@ -1097,7 +1118,7 @@ class SlidingWindowEstimator:
         ``window_init_rival_cost`` outliers' cost must agree with it."""
         c = self.cfg
         cov = tv["cov"]
-        if cov is None or not ref.get("anchored", True):
+        if cov is None or not ref.get("anchored", True) or self._awaiting_evidence():
             return None
         cands = tv["cands"]
         R, t, inl = tv["R"], tv["t"], tv["inl"]
@@ -1304,7 +1325,8 @@ class SlidingWindowEstimator:
         self._frames_since_kf += 1
         since = self._frames_since_kf
         if (motion > c.window_kf_parallax_px or ratio < c.window_kf_track_ratio
-                or since >= c.window_kf_max_frames or tracked_lm.sum() < 3 * c.window_min_inliers):
+                or since >= c.window_kf_max_frames
+                or (tracked_lm.sum() < 3 * c.window_min_inliers and since >= c.window_kf_few_landmarks_min_frames)):
             return True
         return False
 
@@ -1426,6 +1448,7 @@ class SlidingWindowEstimator:
             e2 = np.linalg.norm(geo.reprojection_error(cur.T_cw, Xs, x2), axis=1) * self._f
             par = geo.parallax_deg(geo.invert(kf.T_cw)[:3, 3], C2, Xs)
             ok = fin & (e1 < c.window_inlier_px) & (e2 < c.window_inlier_px) & (par > c.window_tri_min_parallax_deg)
+            ok &= self._tri_depth_error(e1, e2, par) < c.window_tri_max_depth_error
             if c.window_tri_check_window:
                 ok &= self._consistent_in_window(ids[sel], Xs, kf)
             # Too little parallax: leave it for a later keyframe with a wider baseline.
@@ -1442,6 +1465,15 @@ class SlidingWindowEstimator:
                 self.lm_ids = allid[o]
                 self.lm_X = np.concatenate([self.lm_X, np.concatenate(new_X)])[o]
                 self.lm_p = np.concatenate([self.lm_p, np.zeros(ni.size)])[o]
+
+    def _tri_depth_error(self, e1: np.ndarray, e2: np.ndarray, par_deg: np.ndarray) -> np.ndarray:
+        """Relative depth uncertainty of two-view points with reprojection errors ``e1``, ``e2``
+        (pixels) and parallax ``par_deg``: the error along the epipolar line over the parallax in
+        pixels. The along-line error is not observable from two views; the across-line one is
+        (e1 + e2), and a drifting track drifts both ways, so the larger of it and the noise of
+        two observations (tracking residual sigma) stands for it."""
+        along = np.maximum(np.sqrt(2.0 * self._sigma2), e1 + e2)
+        return along / (self._f * np.radians(np.maximum(par_deg, 1e-9)))
 
     def _consistent_in_window(self, ids, X, skip) -> np.ndarray:
         """(N,) bool: the points X (N, 3) of tracks ``ids`` reproject within window_inlier_px in
