@@ -17,10 +17,11 @@
 #   rt60g: run 10e, one round of run 10b's A/B (for an H200)
 #   rt60h: run 11, the two-view initialisation in the map stage on/off (window_async_init)
 #   rt60i: run 11b, more rounds of run 11, with tracking events in the JSON
+#   rt60j: run 12, the final code of session 6: CUDA tests and two rounds with the defaults
 #   rt60f: run 10b, the same A/B with --prewarm 60 (start-up out of the measured run), and the
 #          CUDA tests with their log in $OUT
 set -uo pipefail
-stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e|rt60e-diag|rt60f|rt60g|rt60h|rt60i [commit]}"
+stage="${1:?usage: gpu_benchmark.sh cv|xfeat|staged|staged-xfeat|staged-proc|rt60|rt60b|rt60c|rt60d|rt60e|rt60e-diag|rt60f|rt60g|rt60h|rt60i|rt60j [commit]}"
 commit="${2:-unknown}"
 OUT="${OUT:-out/gpu}"; mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -100,6 +101,17 @@ elif [ "$stage" = rt60i ]; then
     ai="${run%-*}"
     bench --size 640x480,1280x720 --label xfeat-cam60-asyncinit-$run $x --param window_async_init:=$ai \
           --json "$OUT/rt11b_x_cam60_asyncinit_${run/-/_}.json"
+  done
+elif [ "$stage" = rt60j ]; then
+  # Run 12: the session's final code: the CUDA tests (log to $OUT), then one round of the 60 Hz
+  # camera run with the defaults (initialisation in the map stage, velocities from the dense
+  # output, retrained motion GNN).
+  python3 -m pytest -q -p no:cacheprovider test/test_inference.py test/test_field.py test/test_pipeline.py \
+      test/test_velocity.py test/test_child.py -k "cuda or frontend or velocity or dense" > "$OUT/rt12_cuda_tests.log" 2>&1
+  tail -5 "$OUT/rt12_cuda_tests.log"
+  x="--staged --fps 60 --prewarm 60 --param pipeline_frontend:=xfeat --param xfeat_device:=cuda --param field_device:=cuda --camera-rate 60"
+  for r in 1 2; do
+    bench --size 640x480,1280x720 --label xfeat-cam60-final-r$r $x --json "$OUT/rt12_x_cam60_r$r.json"
   done
 elif [ "$stage" = rt60g ]; then
   # Run 10e: run 10b's A/B once (frame graph on, then off), for another kind of machine (H200).
