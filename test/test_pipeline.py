@@ -273,9 +273,11 @@ def test_large_moving_object_is_kept_out_of_initialisation():
     with_dyn, n_dyn = run(False)
     static, _ = run(True)
     assert n_dyn >= n - 20
-    # Measured ATE / path, dynamic over static world: 0.492 with the previous motion GNN weights,
-    # 0.501 with the current ones (both 3.1-3.2 % of the path against 6.4 %); 0.5 sat on the edge.
-    assert with_dyn < 0.55 * static
+    # The target: at most half of the static world's ATE. Measured (ATE / path, dynamic
+    # over static world): 0.06 since the first frame pair waits for the motion evidence
+    # (window._awaiting_evidence); it was 0.49-0.50 before, with the first poses decided by the
+    # moving panel.
+    assert with_dyn < 0.5 * static
 
 
 def test_degrade_moves_the_field_to_the_cpu_then_has_nothing_left():
