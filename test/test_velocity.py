@@ -4,14 +4,14 @@ depth change; NaN (unknown) where the depth is not observable; 0 for static poin
 
 They used to be the joint refinement's keypoint velocities, whose depth of a moving point is not
 observable: 1.4-2.5x off in size (scripts/velocity_check.py)."""
-import types
-
 import numpy as np
 
 from sirenpose_ros.core.camera import CameraModel
 from sirenpose_ros.core.cloud import TrackVelocity
 from sirenpose_ros.core.config import make_config
 from sirenpose_ros.core.dense import DenseInput, DenseStage
+
+from test_field_ground import _WallField     # the field extrapolating a wall over everything
 
 DT = 1.0 / 30.0
 
@@ -90,18 +90,6 @@ def test_unknown_where_depth_is_not_observable_or_history_too_short():
 W, H, F = 160, 120, 128.0
 CX, CY = 79.5, 59.5
 CAM_HEIGHT = 1.5          # camera above the floor (world y is down, as the camera's)
-
-
-class _WallField:
-    """Renders 6 m everywhere (the field extrapolating the wall over moving objects)."""
-    device = types.SimpleNamespace(type="cpu")
-    fitted = True
-
-    def update(self, *a, **k):
-        return {}
-
-    def render(self, time_s, h, w):
-        return np.full((h, w), 1.0 / 6.0, np.float32)
 
 
 def _box_points(x0, z, width, top):
