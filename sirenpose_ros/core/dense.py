@@ -175,6 +175,7 @@ class DenseStage:
         # region's floor contact in view. Elsewhere a moving point's depth is the background
         # the field renders, or at best an upper bound: its velocity stays unknown.
         observable = moving = np.zeros((h, w), bool)
+        regions = np.zeros((h, w), np.int32)         # 8-connected moving regions (0: none)
         if cfg.field_upright_occluder:
             # Moving objects have no keypoint depth: the field shows the background they hide.
             # Upright objects are in front of the floor hidden behind their lowest pixels.
@@ -189,7 +190,8 @@ class DenseStage:
                 # off by more than the field (on easy it pulled the far floor in by 10-20 %).
                 dense_depth = np.where(moving, np.minimum(dense_depth, floor), dense_depth)
             dense_depth = field_mod.upright_occluder_bound(dense_depth, moving)
-            cut = field_mod.regions_touching_bottom(moving)
+            regions = cv2.connectedComponents(moving.astype(np.uint8), connectivity=8)[1]
+            cut = field_mod.regions_touching_bottom(moving, regions)
             observable = moving & ~cut
             if cfg.field_upright_cutoff == "unknown":
                 # A moving region that reaches the image bottom hides where it stands: the floor
@@ -217,7 +219,7 @@ class DenseStage:
         if near is None:
             near, dyn = self._nearest_keypoint(job, h, w)
         out.dynamic_map = dyn
-        kv = self._keypoint_velocity(job, dense_depth, moving, observable, time_s)
+        kv = self._keypoint_velocity(job, dense_depth, moving, regions, observable, time_s)
         out.keypoint_velocity = kv
         # Per pixel the velocity of its nearest keypoint (NaN where that one's is unknown);
         # pixels far from every keypoint count as static (dynamic probability = prior), so 0.
@@ -255,14 +257,14 @@ class DenseStage:
         return near, np.take(p, np.where(near >= 0, near, n)).astype(np.float32)
 
     def _keypoint_velocity(self, job: DenseInput, depth: np.ndarray, moving_mask: np.ndarray,
-                           observable: np.ndarray, time_s: float) -> np.ndarray:
+                           regions: np.ndarray, observable: np.ndarray, time_s: float) -> np.ndarray:
         """(N, 3) float32 world velocity per keypoint: 0 for static ones (dynamic probability
         up to cloud_dynamic_threshold), for moving ones the slope of where this output puts
         them over the last frames (TrackVelocity), NaN where unknown. A keypoint's position is
         its ray at the depth of its grid pixel (the depth its cloud point gets), observable
         when that pixel is in ``observable`` and its depth is finite and within range; its
         region (for the image-scale neighbours) is the connected part of ``moving_mask`` it
-        lies in."""
+        lies in (its label in ``regions``)."""
         cfg = self.cfg
         h, w = depth.shape
         px = self._grid_px(job, h, w)
@@ -276,8 +278,7 @@ class DenseStage:
             ok = inside & observable[iv, iu] & np.isfinite(z) & (z > 0) & (z <= cfg.cloud_max_depth)
         T = np.asarray(job.T_world_cam, np.float64)
         rays = np.column_stack([job.xn, np.ones(len(z))]) @ T[:3, :3].T
-        labels = cv2.connectedComponents(moving_mask.astype(np.uint8), connectivity=8)[1]
-        region = np.where(inside & moving_mask[iv, iu], labels[iv, iu], -1)
+        region = np.where(inside & moving_mask[iv, iu], regions[iv, iu], -1)
         vel = self.velocity.update(time_s, job.ids, job.xn, T[:3, 3], rays, z, ok, region)
         moving = job.p_dyn > cfg.cloud_dynamic_threshold
         return np.where(moving[:, None], vel, 0.0).astype(np.float32)

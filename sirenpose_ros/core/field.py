@@ -278,14 +278,15 @@ def upright_occluder_bound(depth: np.ndarray, dynamic: np.ndarray) -> np.ndarray
     return capped.reshape(w, h).T[::-1].astype(np.float32)
 
 
-def regions_touching_bottom(mask: np.ndarray) -> np.ndarray:
+def regions_touching_bottom(mask: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
     """(h, w) bool: the pixels of ``mask`` whose 8-connected region reaches the last row.
+    ``labels``: the mask's 8-connected component labels, if the caller has them already.
 
     Such a region continues below the image, so where it meets the floor is not seen."""
     m = np.asarray(mask, bool)
     if not m[-1].any():
         return np.zeros_like(m)
-    _, lab = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
+    lab = labels if labels is not None else cv2.connectedComponents(m.astype(np.uint8), connectivity=8)[1]
     touching = np.unique(lab[-1][m[-1]])
     return np.isin(lab, touching) & m
 

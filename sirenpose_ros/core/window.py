@@ -510,7 +510,7 @@ class SlidingWindowEstimator:
         """Keyframe decision, triangulation, bundle adjustment and culling for the frame given to
         the last :meth:`estimate_pose`, with each track's dynamic probability ``p_dynamic``."""
         res = self._update_map(p_dynamic)
-        res.init_pending = self._deferred_init is not None
+        res.init_pending = self.init_pending
         return res
 
     def _update_map(self, p_dynamic: np.ndarray) -> WindowResult:
@@ -552,15 +552,7 @@ class SlidingWindowEstimator:
                 self._frames_since_kf = 0
                 is_kf = True
         T_wc, cov, vel = pend["out"]
-        self._history.append((pend["stamp"], T_wc))
-        # Landmark depth per track (the field stage consumes it).
-        k, hit = lookup(self.lm_ids, ids)
-        depth = np.full(ids.shape[0], np.nan)
-        if hit.any():
-            depth[hit] = geo.transform(T_cw, self.lm_X[k[hit]])[:, 2]
-        self._last_good = dict(ids=ids, xn=xn, T_wc=T_wc, stamp=pend["stamp"],
-                               depth_target=float(np.nanmedian(depth)) if hit.any() else 1.0,
-                               depth=depth)
+        depth = self._remember_tracked(pend["stamp"], ids, xn, T_cw, T_wc)
         return WindowResult(TrackingState.TRACKING, T_wc, cov, vel, is_kf, depth,
                             pend.get("message", ""), pend["reset"])
 
@@ -1343,7 +1335,7 @@ class SlidingWindowEstimator:
     @property
     def map_busy(self) -> bool:
         """A decided keyframe (or initialisation) has not been committed to the map yet."""
-        return self._map_job_open or self._deferred_kf is not None or self._deferred_init is not None
+        return self._map_job_open or self._deferred_kf is not None or self.init_pending
 
     @property
     def init_pending(self) -> bool:
@@ -1401,15 +1393,22 @@ class SlidingWindowEstimator:
         ref, stamp_ns, ids, xn = job.init_args[:4]
         T_cw, self._info, self._sigma2 = job.outcome
         was_lost = self._start_tracking(ref)
-        T_wc = geo.invert(T_cw)
+        self._remember_tracked(stamp_ns, ids, xn, T_cw, geo.invert(T_cw))
+        self._init_news = (self._init_message(was_lost), was_lost, stamp_ns)
+        return True
+
+    def _remember_tracked(self, stamp_ns, ids, xn, T_cw, T_wc) -> np.ndarray:
+        """A frame tracked on the map: its pose enters the motion model, and it becomes the last
+        good frame (the reference of a re-initialisation after a loss). Returns each track's
+        landmark depth in this camera (NaN: none), which the field stage consumes."""
         self._history.append((stamp_ns, T_wc))
         k, hit = lookup(self.lm_ids, ids)
         depth = np.full(ids.shape[0], np.nan)
-        depth[hit] = geo.transform(T_cw, self.lm_X[k[hit]])[:, 2]
+        if hit.any():
+            depth[hit] = geo.transform(T_cw, self.lm_X[k[hit]])[:, 2]
         self._last_good = dict(ids=ids, xn=xn, T_wc=T_wc, stamp=stamp_ns, depth=depth,
                                depth_target=float(np.nanmedian(depth)) if hit.any() else 1.0)
-        self._init_news = (self._init_message(was_lost), was_lost, stamp_ns)
-        return True
+        return depth
 
     def _add_keyframe(self, stamp_ns, ids, xn, T_cw, p_dynamic, triangulate=True) -> None:
         o = np.argsort(ids)
